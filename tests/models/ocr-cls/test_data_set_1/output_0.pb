@@ -1,0 +1,2 @@
+Bsave_infer_model/scale_0.tmp_1J¬—y?…
+Í<D‹=~—n?
