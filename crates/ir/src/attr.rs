@@ -75,11 +75,18 @@ pub struct Attrs(pub Vec<(String, Attr)>);
 impl Attrs {
     /// Removes and converts `name`; falls back to `default`, then to the type's notion of
     /// "absent" (`None` for `Option`), else reports it missing.
-    pub fn take<T: AttrValue>(&mut self, name: &'static str, default: Option<T>) -> Result<T, AttrError> {
+    pub fn take<T: AttrValue>(
+        &mut self,
+        name: &'static str,
+        default: Option<T>,
+    ) -> Result<T, AttrError> {
         match self.0.iter().position(|(n, _)| n == name) {
             Some(i) => {
                 let (_, a) = self.0.remove(i);
-                T::from_attr(a).map_err(|msg| AttrError::Invalid { name: name.into(), msg })
+                T::from_attr(a).map_err(|msg| AttrError::Invalid {
+                    name: name.into(),
+                    msg,
+                })
             }
             None => default.or_else(T::absent).ok_or(AttrError::Missing(name)),
         }
@@ -91,7 +98,11 @@ impl Attrs {
             None => Ok(()),
             Some((name, _)) => Err(AttrError::Unknown {
                 name,
-                valid: if valid.is_empty() { "none".into() } else { valid.join(", ") },
+                valid: if valid.is_empty() {
+                    "none".into()
+                } else {
+                    valid.join(", ")
+                },
             }),
         }
     }
@@ -188,7 +199,9 @@ impl AttrValue for bool {
 impl AttrValue for DType {
     fn from_attr(a: Attr) -> Result<Self, String> {
         match a {
-            Attr::Int(v) => crate::onnx_dtype(v as i32).ok_or_else(|| format!("unknown ONNX data type {v}")),
+            Attr::Int(v) => {
+                crate::onnx_dtype(v as i32).ok_or_else(|| format!("unknown ONNX data type {v}"))
+            }
             Attr::String(s) => DType::from_name(&s).ok_or_else(|| format!("unknown dtype '{s}'")),
             other => Err(wrong("data type", &other)),
         }

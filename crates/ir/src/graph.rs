@@ -7,8 +7,8 @@
 //! - ids are never reused: removing a node leaves a tombstone until [`Graph::compact`].
 
 use crate::{Op, Tensor, TensorType};
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fmt;
 
 /// Index of a node in its graph.
@@ -153,17 +153,37 @@ pub struct Graph {
     values: Vec<Value>,
     inputs: Vec<ValueId>,
     outputs: Vec<ValueId>,
+    num_captures: usize,
 }
 
 impl Graph {
+    /// How many trailing inputs are values captured from the enclosing graph (subgraphs only):
+    /// the node holding the subgraph passes them as its trailing operands.
+    pub fn num_captures(&self) -> usize {
+        self.num_captures
+    }
+
+    /// Declares the last `n` inputs as captures (see [`Graph::num_captures`]).
+    pub fn set_num_captures(&mut self, n: usize) {
+        self.num_captures = n.min(self.inputs.len());
+    }
+
     /// An empty graph.
     pub fn new(name: impl Into<String>) -> Graph {
-        Graph { name: name.into(), ..Default::default() }
+        Graph {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 
     fn push_value(&mut self, name: String, ty: TensorType, def: ValueDef) -> ValueId {
         let id = ValueId(self.values.len() as u32);
-        self.values.push(Value { name, ty, def, uses: Vec::new() });
+        self.values.push(Value {
+            name,
+            ty,
+            def,
+            uses: Vec::new(),
+        });
         id
     }
 
@@ -192,23 +212,56 @@ impl Graph {
         let id = NodeId(self.nodes.len() as u32);
         for (i, v) in inputs.iter().enumerate() {
             if let Some(v) = v {
-                self.values[v.index()].uses.push(Use::Node { node: id, operand: i });
+                self.values[v.index()].uses.push(Use::Node {
+                    node: id,
+                    operand: i,
+                });
             }
         }
         let outs = outputs
             .into_iter()
             .enumerate()
-            .map(|(index, n)| self.push_value(n, TensorType::UNKNOWN, ValueDef::Node { node: id, index }))
+            .map(|(index, n)| {
+                self.push_value(n, TensorType::UNKNOWN, ValueDef::Node { node: id, index })
+            })
             .collect();
-        self.nodes.push(Node { name: name.into(), op, inputs, outputs: outs, dead: false });
+        self.nodes.push(Node {
+            name: name.into(),
+            op,
+            inputs,
+            outputs: outs,
+            dead: false,
+        });
         id
     }
 
     /// Convenience: a node with one output; returns the output value.
     pub fn add_simple(&mut self, name: impl Into<String>, op: Op, inputs: &[ValueId]) -> ValueId {
         let name = name.into();
-        let n = self.add_node(name.clone(), op, inputs.iter().map(|&v| Some(v)).collect(), vec![name]);
+        let n = self.add_node(
+            name.clone(),
+            op,
+            inputs.iter().map(|&v| Some(v)).collect(),
+            vec![name],
+        );
         self.nodes[n.index()].outputs[0]
+    }
+
+    /// Sets the order of the graph inputs; `inputs` must be a permutation of the current ones.
+    /// Returns `false` (and changes nothing) otherwise.
+    pub fn reorder_inputs(&mut self, inputs: Vec<ValueId>) -> bool {
+        let mut a = inputs.clone();
+        let mut b = self.inputs.clone();
+        a.sort();
+        b.sort();
+        if a != b {
+            return false;
+        }
+        for (i, &v) in inputs.iter().enumerate() {
+            self.values[v.index()].def = ValueDef::Input(i);
+        }
+        self.inputs = inputs;
+        true
     }
 
     /// Appends a graph output.
@@ -264,7 +317,11 @@ impl Graph {
     }
     /// Live node ids in insertion order.
     pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes.iter().enumerate().filter(|(_, n)| !n.dead).map(|(i, _)| NodeId(i as u32))
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| !n.dead)
+            .map(|(i, _)| NodeId(i as u32))
     }
     /// All value ids that are not tombstones.
     pub fn value_ids(&self) -> impl Iterator<Item = ValueId> + '_ {
@@ -295,7 +352,8 @@ impl Graph {
     }
     /// Finds a live value by name (linear scan; for tools and tests).
     pub fn find_value(&self, name: &str) -> Option<ValueId> {
-        self.value_ids().find(|&v| self.values[v.index()].name == name)
+        self.value_ids()
+            .find(|&v| self.values[v.index()].name == name)
     }
 
     fn remove_use(&mut self, v: ValueId, u: Use) {
@@ -330,7 +388,9 @@ impl Graph {
         }
         for (i, v) in inputs.iter().enumerate() {
             if let Some(v) = v {
-                self.values[v.index()].uses.push(Use::Node { node, operand: i });
+                self.values[v.index()]
+                    .uses
+                    .push(Use::Node { node, operand: i });
             }
         }
         self.nodes[node.index()].inputs = inputs;
@@ -355,7 +415,10 @@ impl Graph {
     /// Its outputs must have no readers left; returns `false` (and does nothing) otherwise.
     pub fn remove_node(&mut self, node: NodeId) -> bool {
         let outs = self.nodes[node.index()].outputs.clone();
-        if outs.iter().any(|&o| !self.values[o.index()].uses.is_empty()) {
+        if outs
+            .iter()
+            .any(|&o| !self.values[o.index()].uses.is_empty())
+        {
             return false;
         }
         self.set_operands(node, Vec::new());
@@ -373,7 +436,12 @@ impl Graph {
             if n.dead {
                 continue;
             }
-            indeg[i] = n.inputs.iter().flatten().filter(|v| self.producer(**v).is_some()).count();
+            indeg[i] = n
+                .inputs
+                .iter()
+                .flatten()
+                .filter(|v| self.producer(**v).is_some())
+                .count();
         }
         let mut ready: BinaryHeap<Reverse<u32>> = self
             .nodes
@@ -399,7 +467,10 @@ impl Graph {
         let live = self.num_nodes();
         if order.len() != live {
             let nodes: Vec<NodeId> = self.node_ids().filter(|n| indeg[n.index()] > 0).collect();
-            let first = nodes.first().map(|n| self.nodes[n.index()].name.clone()).unwrap_or_default();
+            let first = nodes
+                .first()
+                .map(|n| self.nodes[n.index()].name.clone())
+                .unwrap_or_default();
             return Err(CycleError { nodes, first });
         }
         Ok(order)
@@ -412,7 +483,12 @@ impl Graph {
         loop {
             let dead: Vec<NodeId> = self
                 .node_ids()
-                .filter(|&n| self.nodes[n.index()].outputs.iter().all(|o| self.values[o.index()].uses.is_empty()))
+                .filter(|&n| {
+                    self.nodes[n.index()]
+                        .outputs
+                        .iter()
+                        .all(|o| self.values[o.index()].uses.is_empty())
+                })
                 .collect();
             if dead.is_empty() {
                 return removed;
@@ -454,7 +530,10 @@ impl Graph {
             .filter(|(i, _)| vmap[*i].is_some())
             .map(|(_, mut v)| {
                 if let ValueDef::Node { node, index } = v.def {
-                    v.def = ValueDef::Node { node: nmap[node.index()].expect("live producer"), index };
+                    v.def = ValueDef::Node {
+                        node: nmap[node.index()].expect("live producer"),
+                        index,
+                    };
                 }
                 for u in &mut v.uses {
                     if let Use::Node { node, .. } = u {

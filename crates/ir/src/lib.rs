@@ -15,9 +15,11 @@
 #![deny(missing_docs)]
 
 pub mod attr;
+pub mod cost;
 mod dtype;
 pub mod graph;
 pub mod infer;
+pub mod npy;
 pub mod op;
 mod shape;
 mod tensor;

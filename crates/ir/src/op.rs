@@ -334,12 +334,49 @@ impl Op {
         use Op::*;
         matches!(
             self,
-            Abs | Acos | Acosh | Asin | Asinh | Atan | Atanh | Ceil | Cos | Cosh | Erf | Exp
-                | Floor | Identity | IsNaN | Log | Neg | Not | Reciprocal | Relu | Round
-                | Sigmoid | Sign | Sin | Sinh | Softplus | Softsign | Sqrt | Tan | Tanh
-                | BitwiseNot | Mish | HardSwish | Elu(_) | Celu(_) | ThresholdedRelu(_)
-                | LeakyRelu(_) | Selu(_) | HardSigmoid(_) | Gelu(_) | IsInf(_) | Shrink(_)
-                | Cast(_) | CastLike(_)
+            Abs | Acos
+                | Acosh
+                | Asin
+                | Asinh
+                | Atan
+                | Atanh
+                | Ceil
+                | Cos
+                | Cosh
+                | Erf
+                | Exp
+                | Floor
+                | Identity
+                | IsNaN
+                | Log
+                | Neg
+                | Not
+                | Reciprocal
+                | Relu
+                | Round
+                | Sigmoid
+                | Sign
+                | Sin
+                | Sinh
+                | Softplus
+                | Softsign
+                | Sqrt
+                | Tan
+                | Tanh
+                | BitwiseNot
+                | Mish
+                | HardSwish
+                | Elu(_)
+                | Celu(_)
+                | ThresholdedRelu(_)
+                | LeakyRelu(_)
+                | Selu(_)
+                | HardSigmoid(_)
+                | Gelu(_)
+                | IsInf(_)
+                | Shrink(_)
+                | Cast(_)
+                | CastLike(_)
         )
     }
 
@@ -348,9 +385,29 @@ impl Op {
         use Op::*;
         matches!(
             self,
-            Add | Sub | Mul | Div | Pow | Mod(_) | Max | Min | Mean | Sum | And | Or | Xor
-                | Equal | Greater | GreaterOrEqual | Less | LessOrEqual | BitShift(_)
-                | BitwiseAnd | BitwiseOr | BitwiseXor | PRelu | Where
+            Add | Sub
+                | Mul
+                | Div
+                | Pow
+                | Mod(_)
+                | Max
+                | Min
+                | Mean
+                | Sum
+                | And
+                | Or
+                | Xor
+                | Equal
+                | Greater
+                | GreaterOrEqual
+                | Less
+                | LessOrEqual
+                | BitShift(_)
+                | BitwiseAnd
+                | BitwiseOr
+                | BitwiseXor
+                | PRelu
+                | Where
         )
     }
 
@@ -359,8 +416,16 @@ impl Op {
         use Op::*;
         matches!(
             self,
-            And | Or | Xor | Not | Equal | Greater | GreaterOrEqual | Less | LessOrEqual
-                | IsNaN | IsInf(_)
+            And | Or
+                | Xor
+                | Not
+                | Equal
+                | Greater
+                | GreaterOrEqual
+                | Less
+                | LessOrEqual
+                | IsNaN
+                | IsInf(_)
         )
     }
 

@@ -55,7 +55,10 @@ impl Shape {
     }
     /// All extents when every dimension is known.
     pub fn as_fixed(&self) -> Option<Vec<usize>> {
-        self.0.iter().map(|d| d.fixed().map(|n| n as usize)).collect()
+        self.0
+            .iter()
+            .map(|d| d.fixed().map(|n| n as usize))
+            .collect()
     }
     /// Element count when static.
     pub fn numel(&self) -> Option<usize> {
@@ -87,11 +90,17 @@ pub struct TensorType {
 
 impl TensorType {
     /// Nothing known.
-    pub const UNKNOWN: TensorType = TensorType { dtype: None, shape: None };
+    pub const UNKNOWN: TensorType = TensorType {
+        dtype: None,
+        shape: None,
+    };
 
     /// A known dtype and shape.
     pub fn new(dtype: DType, shape: Shape) -> TensorType {
-        TensorType { dtype: Some(dtype), shape: Some(shape) }
+        TensorType {
+            dtype: Some(dtype),
+            shape: Some(shape),
+        }
     }
 
     /// True when nothing at all is known.

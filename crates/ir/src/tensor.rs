@@ -93,9 +93,18 @@ impl Tensor {
         let n: usize = shape.iter().product();
         let expected = dtype.storage_bytes(n);
         if dtype == DType::String || data.len() != expected {
-            return Err(TensorError::SizeMismatch { dtype, shape, expected, got: data.len() });
+            return Err(TensorError::SizeMismatch {
+                dtype,
+                shape,
+                expected,
+                got: data.len(),
+            });
         }
-        Ok(Tensor { dtype, shape, data: TensorData::Raw(data) })
+        Ok(Tensor {
+            dtype,
+            shape,
+            data: TensorData::Raw(data),
+        })
     }
 
     /// Builds a tensor from typed elements.
@@ -105,12 +114,21 @@ impl Tensor {
     /// never a property of user input.
     pub fn from_vec<T: Elem>(shape: Vec<usize>, values: Vec<T>) -> Tensor {
         let n: usize = shape.iter().product();
-        assert_eq!(n, values.len(), "Tensor::from_vec: shape {shape:?} vs {} values", values.len());
+        assert_eq!(
+            n,
+            values.len(),
+            "Tensor::from_vec: shape {shape:?} vs {} values",
+            values.len()
+        );
         let mut out = Vec::with_capacity(n * T::DTYPE.bits() / 8);
         for v in values {
             v.write(&mut out);
         }
-        Tensor { dtype: T::DTYPE, shape, data: TensorData::Raw(Bytes::from(out)) }
+        Tensor {
+            dtype: T::DTYPE,
+            shape,
+            data: TensorData::Raw(Bytes::from(out)),
+        }
     }
 
     /// A rank-0 tensor.
@@ -129,7 +147,11 @@ impl Tensor {
                 got: values.len(),
             });
         }
-        Ok(Tensor { dtype: DType::String, shape, data: TensorData::Strings(values.into()) })
+        Ok(Tensor {
+            dtype: DType::String,
+            shape,
+            data: TensorData::Strings(values.into()),
+        })
     }
 
     /// Element type.
@@ -179,14 +201,20 @@ impl Tensor {
 
     /// Same data, new shape with the same element count.
     pub fn reshaped(&self, shape: Vec<usize>) -> Option<Tensor> {
-        (shape.iter().product::<usize>() == self.numel())
-            .then(|| Tensor { dtype: self.dtype, shape, data: self.data.clone() })
+        (shape.iter().product::<usize>() == self.numel()).then(|| Tensor {
+            dtype: self.dtype,
+            shape,
+            data: self.data.clone(),
+        })
     }
 
     /// Typed copy of the elements; the dtype must match exactly.
     pub fn to_vec<T: Elem>(&self) -> Result<Vec<T>, TensorError> {
         if self.dtype != T::DTYPE {
-            return Err(TensorError::WrongType { actual: self.dtype, requested: T::DTYPE });
+            return Err(TensorError::WrongType {
+                actual: self.dtype,
+                requested: T::DTYPE,
+            });
         }
         let sz = (T::DTYPE.bits() / 8).max(1);
         Ok(self.raw().chunks_exact(sz).map(T::read).collect())
@@ -224,6 +252,12 @@ impl Tensor {
 
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor({}{:?}, {} bytes)", self.dtype, self.shape, self.byte_len())
+        write!(
+            f,
+            "Tensor({}{:?}, {} bytes)",
+            self.dtype,
+            self.shape,
+            self.byte_len()
+        )
     }
 }

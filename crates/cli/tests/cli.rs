@@ -1,0 +1,176 @@
+//! The `pare` binary as a user runs it.
+
+use pare_tests::{compare, read_data_set, repo_root};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn pare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pare"))
+        .args(args)
+        .output()
+        .expect("pare runs")
+}
+
+fn model(name: &str) -> PathBuf {
+    let p = repo_root()
+        .join(".cache/models")
+        .join(format!("{name}.onnx"));
+    assert!(
+        p.is_file(),
+        "{} missing: run python3 scripts/fetch_models.py",
+        p.display()
+    );
+    p
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn help_lists_commands() {
+    let o = pare(&["--help"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for cmd in ["inspect", "run", "ir", "export"] {
+        assert!(t.contains(cmd), "--help lacks {cmd}: {t}");
+    }
+}
+
+#[test]
+fn inspect_json_has_the_documented_keys() {
+    let m = model("ocr-cls");
+    let o = pare(&["inspect", m.to_str().unwrap(), "--json", "--shape", "N=1"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    for k in ["inputs", "outputs", "ops", "params", "bytes", "flops"] {
+        assert!(v.get(k).is_some(), "missing key {k}");
+    }
+    assert!(v["params"].as_u64().unwrap() > 100_000);
+    assert!(v["flops"].as_u64().unwrap() > 1_000_000);
+    assert!(v["ops"]["Conv"].as_u64().unwrap() > 0);
+    assert_eq!(v["inputs"][0]["name"], "x");
+}
+
+#[test]
+fn inspect_text_reports_counts() {
+    let m = model("minilm");
+    let o = pare(&["inspect", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = text(&o);
+    assert!(
+        t.contains("params") && t.contains("MatMul") && t.contains("input_ids"),
+        "{t}"
+    );
+}
+
+#[test]
+fn run_writes_sanitized_npy_outputs_that_match_onnxruntime() {
+    let m = model("minilm");
+    let data = repo_root().join("tests/models/minilm/test_data_set_0");
+    let out = tempfile::tempdir().unwrap();
+    let o = pare(&[
+        "run",
+        m.to_str().unwrap(),
+        "--inputs",
+        data.to_str().unwrap(),
+        "--out",
+        out.path().to_str().unwrap(),
+        "--print",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // `onnx::Shape_422` has ':' characters, which become '_'.
+    let expected = read_data_set(&data, "output_").unwrap();
+    for (name, e) in expected {
+        let file = out.path().join(format!("{}.npy", name.replace(':', "_")));
+        let bytes =
+            std::fs::read(&file).unwrap_or_else(|_| panic!("{} not written", file.display()));
+        let got = pare_ir::npy::from_npy(&bytes).unwrap();
+        let scale = e
+            .to_f64_vec()
+            .unwrap()
+            .iter()
+            .fold(1e-6f64, |m, x| m.max(x.abs()));
+        compare(&e, &got, 0.0, 1e-4 * scale).unwrap_or_else(|m| panic!("{name}: {m}"));
+    }
+}
+
+#[test]
+fn run_with_npy_inputs_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // Identity-like model: the silero sequence model needs three inputs; give them by name.
+    let m = model("silero-vad-16k-sequence");
+    let data = repo_root().join("tests/models/silero-vad-16k-sequence/test_data_set_0");
+    let inputs = read_data_set(&data, "input_").unwrap();
+    let mut args: Vec<String> = vec!["run".into(), m.to_str().unwrap().into(), "--inputs".into()];
+    for (name, t) in inputs.iter().rev() {
+        let p = dir.path().join(format!("{name}.npy"));
+        std::fs::write(&p, pare_ir::npy::to_npy(t).unwrap()).unwrap();
+        args.push(format!("{name}={}", p.display()));
+    }
+    args.extend([
+        "--out".into(),
+        dir.path().join("out").to_str().unwrap().into(),
+    ]);
+    let o = Command::new(env!("CARGO_BIN_EXE_pare"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.path().join("out/speech_probs.npy").is_file());
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let o = pare(&["inspect", "/nonexistent/model.onnx"]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("/nonexistent/model.onnx"), "{}", text(&o));
+
+    let m = model("ocr-cls");
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x.npy");
+    std::fs::write(
+        &p,
+        pare_ir::npy::to_npy(&pare_ir::Tensor::from_vec(vec![2], vec![1i64, 2])).unwrap(),
+    )
+    .unwrap();
+    let o = pare(&[
+        "run",
+        m.to_str().unwrap(),
+        "--inputs",
+        &format!("nope={}", p.display()),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no input named 'nope'"), "{}", text(&o));
+
+    let o = pare(&[
+        "run",
+        m.to_str().unwrap(),
+        "--inputs",
+        p.to_str().unwrap(),
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("'x'") && (t.contains("i64") || t.contains("dtype")),
+        "{t}"
+    );
+}
+
+#[test]
+fn ir_prints_text_form() {
+    let m = model("silero-vad-16k-sequence");
+    let o = pare(&["ir", m.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t = String::from_utf8_lossy(&o.stdout);
+    assert!(t.starts_with("graph @"), "{}", &t[..t.len().min(200)]);
+    assert!(t.contains("LSTM("), "LSTM missing");
+}
