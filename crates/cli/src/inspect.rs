@@ -15,55 +15,92 @@ pub struct InspectArgs {
     /// Print JSON (keys: inputs, outputs, ops, params, bytes, flops, ...).
     #[arg(long)]
     json: bool,
-    /// Bind symbolic dimensions for FLOP counting, e.g. `--shape N=1,seq=128`.
+    /// Bind dimensions for FLOP counting: symbols (`--shape N=1,seq=128`) or whole input
+    /// shapes (`--shape x=1x3x224x224`), for models whose inputs have anonymous dimensions.
     #[arg(long, value_delimiter = ',')]
     shape: Vec<String>,
 }
 
-/// Parses `name=value` bindings.
-pub fn parse_bindings(items: &[String]) -> Result<HashMap<String, u64>> {
-    items
-        .iter()
-        .map(|s| match s.split_once('=') {
-            Some((k, v)) => match v.parse() {
-                Ok(n) => Ok((k.to_string(), n)),
-                Err(_) => bail!("--shape {s}: '{v}' is not a non-negative integer"),
-            },
-            None => bail!("--shape {s}: expected NAME=VALUE"),
-        })
-        .collect()
+/// Dimension bindings: symbol values and whole input shapes.
+#[derive(Default)]
+pub struct Bindings {
+    symbols: HashMap<String, u64>,
+    inputs: HashMap<String, Vec<u64>>,
 }
 
-/// Fixes symbolic input dimensions and re-infers every type.
-pub fn bind_symbols(g: &mut Graph, b: &HashMap<String, u64>) -> Result<()> {
-    if b.is_empty() {
+/// Parses `SYMBOL=N` and `INPUT=AxBxC` bindings.
+pub fn parse_bindings(items: &[String]) -> Result<Bindings> {
+    let mut b = Bindings::default();
+    for s in items {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("--shape {s}: expected NAME=VALUE")
+        };
+        let dims: Vec<u64> = match v.split('x').map(str::parse).collect() {
+            Ok(d) => d,
+            Err(_) => bail!("--shape {s}: '{v}' is not N or AxBxC (non-negative integers)"),
+        };
+        if v.contains('x') {
+            b.inputs.insert(k.to_string(), dims);
+        } else {
+            b.symbols.insert(k.to_string(), dims[0]);
+        }
+    }
+    Ok(b)
+}
+
+/// Fixes input dimensions and re-infers every type.
+pub fn bind_symbols(g: &mut Graph, b: &Bindings) -> Result<()> {
+    if b.symbols.is_empty() && b.inputs.is_empty() {
         return Ok(());
+    }
+    let names: Vec<String> = g
+        .inputs()
+        .iter()
+        .map(|&v| g.value(v).name.clone())
+        .collect();
+    if let Some(k) = b.inputs.keys().find(|k| !names.contains(k)) {
+        bail!(
+            "--shape {k}=...: the model has no input named '{k}' (inputs: {})",
+            names.join(", ")
+        );
     }
     for v in g.inputs().to_vec() {
         let ty = g.value(v).ty.clone();
-        if let Some(s) = ty.shape {
-            let dims = s.0.into_iter().map(|d| match d {
-                Dim::Sym(name) => b
-                    .get(&name)
-                    .map(|&n| Dim::Fixed(n))
-                    .unwrap_or(Dim::Sym(name)),
-                d => d,
-            });
-            g.set_type(
-                v,
-                TensorType {
-                    dtype: ty.dtype,
-                    shape: Some(Shape(dims.collect())),
-                },
-            );
-        }
+        let name = g.value(v).name.clone();
+        let shape = match (b.inputs.get(&name), ty.shape) {
+            (Some(fixed), s) => {
+                if let Some(s) = s.filter(|s| s.rank() != fixed.len()) {
+                    bail!(
+                        "--shape {name}=...: input '{name}' has rank {}, {} dims given",
+                        s.rank(),
+                        fixed.len()
+                    );
+                }
+                Shape(fixed.iter().map(|&n| Dim::Fixed(n)).collect())
+            }
+            (None, Some(s)) => Shape(
+                s.0.into_iter()
+                    .map(|d| match d {
+                        Dim::Sym(sym) => b
+                            .symbols
+                            .get(&sym)
+                            .map(|&n| Dim::Fixed(n))
+                            .unwrap_or(Dim::Sym(sym)),
+                        d => d,
+                    })
+                    .collect(),
+            ),
+            (None, None) => continue,
+        };
+        g.set_type(
+            v,
+            TensorType {
+                dtype: ty.dtype,
+                shape: Some(shape),
+            },
+        );
     }
-    for n in g.node_ids().collect::<Vec<_>>() {
-        for o in g.node(n).outputs().to_vec() {
-            g.set_type(o, TensorType::UNKNOWN);
-        }
-    }
-    pare_ir::infer::infer_types(g)?;
+    pare_ir::infer::reinfer_types(g)?;
     Ok(())
 }
 

@@ -25,6 +25,9 @@ pub struct RunArgs {
     /// Interpreter threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Run N more times after the first and print `median_ms=<float> p90_ms=<float>`.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
 }
 
 fn summary(t: &Tensor) -> String {
@@ -52,6 +55,17 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let start = Instant::now();
     let outputs = interp.run(&model.graph, &inputs)?;
     let elapsed = start.elapsed();
+    if let Some(n) = a.repeat.filter(|&n| n > 0) {
+        let mut ms: Vec<f64> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            interp.run(&model.graph, &inputs)?;
+            ms.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        ms.sort_by(f64::total_cmp);
+        let p90 = ms[((n * 9).div_ceil(10)).saturating_sub(1).min(n - 1)];
+        println!("median_ms={:.3} p90_ms={p90:.3}", ms[n / 2]);
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     for (&v, t) in model.graph.outputs().iter().zip(&outputs) {
         let name = &model.graph.value(v).name;

@@ -44,7 +44,13 @@ fn help_lists_commands() {
 #[test]
 fn inspect_json_has_the_documented_keys() {
     let m = model("ocr-cls");
-    let o = pare(&["inspect", m.to_str().unwrap(), "--json", "--shape", "N=1"]);
+    let o = pare(&[
+        "inspect",
+        m.to_str().unwrap(),
+        "--json",
+        "--shape",
+        "x=1x3x48x192",
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     for k in ["inputs", "outputs", "ops", "params", "bytes", "flops"] {

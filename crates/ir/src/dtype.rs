@@ -5,9 +5,10 @@ use std::fmt;
 /// Element type of a tensor.
 ///
 /// Sub-byte types (`I4`, `U4`, `F4E2M1`) are packed two per byte, low nibble first, as in ONNX.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum DType {
     /// IEEE binary32.
+    #[default]
     F32,
     /// IEEE binary16.
     F16,

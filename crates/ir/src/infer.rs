@@ -71,8 +71,9 @@ fn fit(mut out: Vec<TensorType>, n: usize) -> Vec<TensorType> {
 }
 
 /// Merges the type a value already has with an inferred one: known dtype and extents are kept
-/// (fixed over symbolic over unknown; an existing symbol wins over an inferred one), and a
-/// contradiction is an error.
+/// (fixed over symbolic over unknown), and a contradiction is an error. Of two different
+/// symbols the inferred one wins: it comes from the graph inputs, so it relates the value to
+/// them, where exporters often declare intermediate values with made-up names.
 pub fn merge_type(existing: &TensorType, inferred: &TensorType) -> Result<TensorType, String> {
     let dtype = match (existing.dtype, inferred.dtype) {
         (Some(a), Some(b)) if a != b => {
@@ -95,6 +96,7 @@ pub fn merge_type(existing: &TensorType, inferred: &TensorType) -> Result<Tensor
                     }
                     (Dim::Fixed(_), _) => x.clone(),
                     (_, Dim::Fixed(_)) => y.clone(),
+                    (Dim::Sym(_), Dim::Sym(_)) => y.clone(),
                     (Dim::Sym(_), _) => x.clone(),
                     (_, y) => y.clone(),
                 });

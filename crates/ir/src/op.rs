@@ -141,12 +141,6 @@ attrs!(/// OneHot.
 attrs!(/// NonMaxSuppression.
     NmsAttrs { center_point_box: i64 = 0i64 });
 
-impl Default for DType {
-    fn default() -> DType {
-        DType::F32
-    }
-}
-
 /// Reference semantics of a user-defined op, so that inference and the interpreter can run it.
 pub trait CustomOpDef: Send + Sync + fmt::Debug {
     /// Output types from input types.

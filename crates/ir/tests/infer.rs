@@ -1580,6 +1580,10 @@ fn driver_reports_failing_node() {
 #[test]
 fn merge_type_rules() {
     assert_eq!(
+        merge_type(&ty("f32[Concat_dim_0,?]"), &ty("f32[batch,?]")).unwrap(),
+        ty("f32[batch,?]")
+    );
+    assert_eq!(
         merge_type(&ty("f32[N,?]"), &ty("f32[?,3]")).unwrap(),
         ty("f32[N,3]")
     );

@@ -530,8 +530,12 @@ impl Importer<'_> {
                 inputs.push(Some(v));
             }
         }
-        while inputs.last() == Some(&None) {
-            inputs.pop();
+        // Trailing omitted inputs carry no meaning, unless captures follow them: then they keep
+        // the formal operand positions (a Loop with an omitted condition and captures).
+        if captures.is_empty() {
+            while inputs.last() == Some(&None) {
+                inputs.pop();
+            }
         }
 
         // Subgraphs take the union of their captures as trailing inputs, in one order.

@@ -314,7 +314,7 @@ pub(crate) fn convert(
                 .ok_or(ConvertError::Msg(
                     "GroupNormalization before opset 21 needs a known channel count".into(),
                 ))? as usize;
-            if channels % groups != 0 {
+            if !channels.is_multiple_of(groups) {
                 return Err(ConvertError::Msg(format!(
                     "{channels} channels do not split into {groups} groups"
                 )));
