@@ -13,29 +13,16 @@ fn sub_err(what: &str, e: crate::InterpError) -> String {
     format!("in {what}: {e}")
 }
 
-/// How many of a subgraph's trailing inputs are captured outer values.
-///
-/// The IR does not record the split between loop-carried (or scan-state) inputs and captured
-/// ones, so it is recovered: a captured input carries the name of the outer value it reads
-/// (the importer's convention), which `operand_names` (names of the node's operand values, when
-/// the caller knows them) lets us check; without names, trailing inputs of unknown type count
-/// as captures (the importer adds them untyped). `max` bounds the answer.
-fn capture_count(body: &Graph, operand_names: Option<&[String]>, max: usize) -> usize {
-    let ins = body.inputs();
-    let mut c = 0;
-    while c < max {
-        let bi = ins[ins.len() - 1 - c];
-        let bv = body.value(bi);
-        let is_capture = match operand_names {
-            Some(names) => names.len() > c && names[names.len() - 1 - c] == bv.name,
-            None => bv.ty.is_unknown(),
-        };
-        if !is_capture {
-            break;
-        }
-        c += 1;
+/// How many of a subgraph's trailing inputs are captured outer values
+/// ([`Graph::num_captures`]), checked against the `max` the operand count allows.
+fn capture_count(body: &Graph, max: usize) -> Result<usize, String> {
+    let c = body.num_captures();
+    if c > max {
+        return Err(format!(
+            "body declares {c} captured inputs, but only {max} operands can be captures"
+        ));
     }
-    c
+    Ok(c)
 }
 
 /// If(cond, captured...).
@@ -96,7 +83,6 @@ pub(crate) fn loop_op(
     a: &Args,
     nout: usize,
     it: &Interpreter,
-    operand_names: Option<&[String]>,
 ) -> Result<Vec<Value>, String> {
     let body = &at.body;
     let nb_in = body.inputs().len();
@@ -114,7 +100,7 @@ pub(crate) fn loop_op(
         ));
     }
     let nb_out = body.outputs().len();
-    let c = capture_count(body, operand_names, extra.len().min(nb_in - 2));
+    let c = capture_count(body, extra.len())?;
     let n = extra.len() - c;
     if nb_out < 1 + n {
         return Err(format!(
@@ -191,7 +177,6 @@ pub(crate) fn scan_op(
     a: &Args,
     nout: usize,
     it: &Interpreter,
-    operand_names: Option<&[String]>,
 ) -> Result<Vec<Value>, String> {
     let body = &at.body;
     let m = at.num_scan_inputs.max(0) as usize;
@@ -211,7 +196,7 @@ pub(crate) fn scan_op(
             ops.len()
         ));
     }
-    let c = capture_count(body, operand_names, ops.len() - m);
+    let c = capture_count(body, ops.len() - m)?;
     let n = ops.len() - m - c;
     let nb_out = body.outputs().len();
     if nb_out < n {

@@ -208,6 +208,9 @@ fn kernel_of(w: &[usize], ks: Option<&Vec<i64>>) -> Result<Vec<usize>, String> {
             ));
         }
     }
+    if from_w.contains(&0) {
+        return Err(format!("kernel has a zero extent: {w:?}"));
+    }
     Ok(from_w)
 }
 
@@ -395,8 +398,9 @@ fn conv_transpose_t<T: Float>(
         "dilations",
     )?;
     let op = attr_vec(at.output_padding.as_ref(), nsp, 0, "output_padding")?;
-    let natural =
-        |i: usize| (s[i] * (inp[i] - 1)) as i64 + op[i] + ((kernel[i] - 1) * d[i] + 1) as i64;
+    let natural = |i: usize| {
+        (s[i] * inp[i].saturating_sub(1)) as i64 + op[i] + ((kernel[i] - 1) * d[i] + 1) as i64
+    };
     let given_out: Option<Vec<i64>> = at
         .output_shape
         .as_ref()
@@ -640,10 +644,17 @@ fn pool_t<T: Float>(
         PoolKind::Lp(p) => p as f64,
         _ => 0.0,
     };
+    // Kernel multi-indices, precomputed.
+    let ktab: Vec<Vec<usize>> = (0..ksz)
+        .map(|kl| {
+            let mut kk = vec![0usize; nsp];
+            unravel(kl, &kernel, &mut kk);
+            kk
+        })
+        .collect();
     let plane = |pi: usize, yp: &mut [T], ip: &mut [i64]| {
         let xp = &xd[pi * in_sz..(pi + 1) * in_sz];
         let mut oi = vec![0usize; nsp];
-        let mut kk = vec![0usize; nsp];
         for o in 0..out_sz {
             unravel(o, &g.out, &mut oi);
             let mut best = T::lowest();
@@ -651,8 +662,7 @@ fn pool_t<T: Float>(
             let mut sum = T::ZERO;
             let mut cnt = 0usize;
             let mut cnt_pad = 0usize;
-            for kl in 0..ksz {
-                unravel(kl, &kernel, &mut kk);
+            for kk in &ktab {
                 let mut off = 0usize;
                 let mut col_off = 0usize;
                 let mut inside = true;
@@ -735,22 +745,23 @@ pub(crate) fn pool(kind: PoolKind, p: &PoolAttrs, x: &Value) -> Result<Value, St
 /// MaxPool (values and optional indices). Integer inputs (int8/uint8) are supported.
 pub(crate) fn max_pool(p: &PoolAttrs, x: &Value, nout: usize) -> Result<Vec<Value>, String> {
     let want = nout > 1;
-    let mut idx = None;
-    let y = match x {
+    let (y, idx) = match x {
         Value::I8(_) | Value::U8(_) => {
-            let f = crate::cast::cast(x, pare_ir::DType::F64, true)?;
-            let Value::F64(a) = f else {
-                unreachable!("cast to f64")
+            let Value::F64(a) = crate::cast::cast(x, pare_ir::DType::F64, true)? else {
+                return Err("internal: cast to f64 did not produce f64".into());
             };
             let (v, i) = pool_t::<f64>(PoolKind::Max, p, &a, want)?;
-            idx = i;
-            crate::cast::cast(&Value::F64(v), x.dtype(), true)?
+            (crate::cast::cast(&Value::F64(v), x.dtype(), true)?, i)
         }
-        _ => map_float!(x, T, a => {
-            let (v, i) = pool_t::<T>(PoolKind::Max, p, a, want)?;
-            idx = i;
-            v
-        }),
+        _ => {
+            let idx;
+            let y = map_float!(x, T, a => {
+                let (v, i) = pool_t::<T>(PoolKind::Max, p, a, want)?;
+                idx = i;
+                v
+            });
+            (y, idx)
+        }
     };
     let mut out = vec![y];
     if let Some(i) = idx {

@@ -42,7 +42,15 @@ pub fn eval_node(
     inputs: &[Option<&Value>],
     num_outputs: usize,
 ) -> Result<Vec<Value>, String> {
-    eval_op(op, inputs, num_outputs, &Interpreter::default(), None)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        eval_op(op, inputs, num_outputs, &Interpreter::default())
+    }))
+    .unwrap_or_else(|p| {
+        Err(format!(
+            "internal error: {}",
+            crate::exec::panic_message(&p)
+        ))
+    })
 }
 
 pub(crate) fn eval_op(
@@ -50,7 +58,6 @@ pub(crate) fn eval_op(
     inputs: &[Option<&Value>],
     nout: usize,
     it: &Interpreter,
-    names: Option<&[String]>,
 ) -> Result<Vec<Value>, String> {
     let a = Args { v: inputs };
     let one = |v: Value| Ok(vec![v]);
@@ -200,8 +207,8 @@ pub(crate) fn eval_op(
         Lstm(r) => rnn::rnn(rnn::Cell::Lstm, r, &a, nout),
         // Control flow.
         If(i) => control::if_op(i, &a, it),
-        Loop(l) => control::loop_op(l, &a, nout, it, names),
-        Scan(s) => control::scan_op(s, &a, nout, it, names),
+        Loop(l) => control::loop_op(l, &a, nout, it),
+        Scan(s) => control::scan_op(s, &a, nout, it),
         // Quantization.
         QuantizeLinear(q) => one(quant::quantize_linear(q, a.req(0)?, a.req(1)?, a.opt(2))?),
         DequantizeLinear(d) => one(quant::dequantize_linear(d, a.req(0)?, a.req(1)?, a.opt(2))?),

@@ -482,7 +482,7 @@ pub(crate) fn clip(x: &Value, lo: Option<&Value>, hi: Option<&Value>) -> Result<
     let (lo, hi) = (bound(lo)?, bound(hi)?);
     Ok(map_num!(x, T, a => {
         let first = |v: &Option<Value>| -> Option<T> {
-            v.as_ref().and_then(|v| with_num_opt::<T>(v))
+            v.as_ref().and_then(with_num_opt::<T>)
         };
         let (l, h) = (first(&lo), first(&hi));
         par_map(a, move |v: T| {

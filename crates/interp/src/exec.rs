@@ -2,7 +2,9 @@
 
 use crate::dispatch::eval_op;
 use crate::Value;
-use pare_ir::{CycleError, Dim, Graph, Op, Tensor, ValueDef, ValueId};
+use pare_ir::{CycleError, DType, Dim, Graph, Op, Tensor, ValueDef, ValueId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Why a graph could not be evaluated.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -45,27 +47,84 @@ pub enum InterpError {
     Undefined(String),
 }
 
-/// Evaluates graphs. Cheap to create; holds only options.
-#[derive(Clone, Debug, Default)]
+/// A calibration-style callback on computed values.
+type Observer<'a> = &'a mut (dyn FnMut(ValueId, &Value) + Send);
+
+/// Constants converted to values, keyed by their buffer (the tensor is kept to keep the
+/// buffer, and so the key, alive).
+type ConstCache = HashMap<(usize, usize, DType, Vec<usize>), (Tensor, Arc<Value>)>;
+
+/// Evaluates graphs.
+///
+/// Options are set with builder methods: [`Interpreter::threads`],
+/// [`Interpreter::check_inputs`], [`Interpreter::profile`],
+/// [`Interpreter::cache_constants`]. Clones share the thread pool and the constant cache.
+#[derive(Clone, Default)]
 pub struct Interpreter {
-    /// Worker threads for GEMM and parallel loops; 0 uses rayon's global pool (all cores).
-    pub threads: usize,
-    /// Skip the check of inputs against the graph's declared input types.
-    pub skip_input_checks: bool,
+    threads: usize,
+    pool: Option<Arc<rayon::ThreadPool>>,
+    skip_input_checks: bool,
+    profile: bool,
+    cache: Option<Arc<Mutex<ConstCache>>>,
+}
+
+impl std::fmt::Debug for Interpreter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interpreter")
+            .field("threads", &self.threads)
+            .field("check_inputs", &!self.skip_input_checks)
+            .field("profile", &self.profile)
+            .field("cache_constants", &self.cache.is_some())
+            .finish()
+    }
 }
 
 impl Interpreter {
-    /// An interpreter using all cores.
+    /// An interpreter using rayon's global pool (all cores), checking inputs, without
+    /// profiling or constant cache.
     pub fn new() -> Interpreter {
         Interpreter::default()
     }
 
-    /// An interpreter using `threads` worker threads (0: all cores).
-    pub fn with_threads(threads: usize) -> Interpreter {
-        Interpreter {
-            threads,
-            ..Interpreter::default()
-        }
+    /// Shorthand for `Interpreter::new().threads(n)`.
+    pub fn with_threads(n: usize) -> Interpreter {
+        Interpreter::new().threads(n)
+    }
+
+    /// Uses a dedicated pool of `n` worker threads for GEMM and parallel loops (0: rayon's
+    /// global pool, all cores).
+    pub fn threads(mut self, n: usize) -> Interpreter {
+        self.threads = n;
+        self.pool = if n == 0 {
+            None
+        } else {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .ok()
+                .map(Arc::new)
+        };
+        self
+    }
+
+    /// Whether top-level inputs are checked against the graph's declared input types
+    /// (dtype, rank and fixed dimensions). On by default.
+    pub fn check_inputs(mut self, on: bool) -> Interpreter {
+        self.skip_input_checks = !on;
+        self
+    }
+
+    /// Whether to print the time spent per op type to stderr after each top-level run.
+    pub fn profile(mut self, on: bool) -> Interpreter {
+        self.profile = on;
+        self
+    }
+
+    /// Whether to keep constants converted across runs (faster repeated runs, e.g. for
+    /// calibration, at the cost of holding a second copy of every weight).
+    pub fn cache_constants(mut self, on: bool) -> Interpreter {
+        self.cache = on.then(|| Arc::new(Mutex::new(HashMap::new())));
+        self
     }
 
     /// Runs `g` on tensors given in `g.inputs()` order; returns the outputs in
@@ -96,7 +155,7 @@ impl Interpreter {
 
     /// Like [`Interpreter::run_values`], calling `observer` on every graph input and every
     /// node output of the top-level graph as soon as it is computed (constants are not
-    /// reported). Used for calibration.
+    /// reported; values inside If/Loop/Scan bodies neither). Used for calibration.
     pub fn run_observed(
         &self,
         g: &Graph,
@@ -107,15 +166,9 @@ impl Interpreter {
     }
 
     fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        if self.threads == 0 || self.threads == rayon::current_num_threads() {
-            return f();
-        }
-        match rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads)
-            .build()
-        {
-            Ok(pool) => pool.install(f),
-            Err(_) => f(),
+        match &self.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
         }
     }
 
@@ -128,11 +181,44 @@ impl Interpreter {
         self.exec(g, inputs, None, false)
     }
 
+    fn constant(&self, g: &Graph, v: ValueId) -> Result<Arc<Value>, String> {
+        let t = match g.value(v).def() {
+            ValueDef::Const(t) => t,
+            _ => {
+                return Err(format!(
+                    "value '{}' is read but not defined",
+                    g.value(v).name
+                ))
+            }
+        };
+        let Some(cache) = &self.cache else {
+            return Ok(Arc::new(Value::from_tensor(t)?));
+        };
+        let ptr = match t.strings() {
+            Some(s) => s.as_ptr() as usize,
+            None => t.raw().as_ptr() as usize,
+        };
+        let key = (ptr, t.byte_len(), t.dtype(), t.shape().to_vec());
+        if let Some((_, v)) = cache
+            .lock()
+            .map_err(|_| "constant cache poisoned")?
+            .get(&key)
+        {
+            return Ok(v.clone());
+        }
+        let val = Arc::new(Value::from_tensor(t)?);
+        cache
+            .lock()
+            .map_err(|_| "constant cache poisoned")?
+            .insert(key, (t.clone(), val.clone()));
+        Ok(val)
+    }
+
     fn exec(
         &self,
         g: &Graph,
         inputs: Vec<Value>,
-        mut observer: Option<&mut (dyn FnMut(ValueId, &Value) + Send)>,
+        mut observer: Option<Observer<'_>>,
         check: bool,
     ) -> Result<Vec<Value>, InterpError> {
         if inputs.len() != g.inputs().len() {
@@ -155,7 +241,9 @@ impl Interpreter {
         for &v in g.outputs() {
             pinned[v.index()] = true;
         }
-        let mut store: Vec<Option<Value>> = vec![None; cap];
+        let mut store: Vec<Option<Arc<Value>>> = vec![None; cap];
+        let mut prof: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+        let profile = self.profile && check;
         for (i, (val, &vid)) in inputs.into_iter().zip(g.inputs()).enumerate() {
             if check {
                 check_input(g, i, vid, &val)?;
@@ -163,7 +251,7 @@ impl Interpreter {
             if let Some(obs) = observer.as_mut() {
                 obs(vid, &val);
             }
-            store[vid.index()] = Some(val);
+            store[vid.index()] = Some(Arc::new(val));
         }
 
         for &nid in &order {
@@ -174,11 +262,17 @@ impl Interpreter {
                 msg,
             };
             // Materialize constants read by this node.
+            let t0 = profile.then(std::time::Instant::now);
             for v in node.inputs().iter().flatten() {
                 if store[v.index()].is_none() {
-                    store[v.index()] = Some(materialize(g, *v).map_err(&node_err)?);
+                    store[v.index()] = Some(self.constant(g, *v).map_err(&node_err)?);
                 }
             }
+            if let Some(t0) = t0 {
+                let e = prof.entry("(constants)".into()).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+            }
+            let t0 = profile.then(std::time::Instant::now);
             let nout = node.outputs().len();
             // In-place fast path for pure data-movement ops whose input dies here.
             let data_dies = node
@@ -188,31 +282,34 @@ impl Interpreter {
             let outs = if data_dies && is_view_op(&node.op) {
                 let v0 = node.input(0).expect("checked above");
                 let taken = store[v0.index()].take().expect("materialized above");
+                let taken = Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone());
                 let rest: Vec<Option<&Value>> = node.inputs()[1..]
                     .iter()
-                    .map(|v| v.and_then(|v| store[v.index()].as_ref()))
+                    .map(|v| v.and_then(|v| store[v.index()].as_deref()))
                     .collect();
                 crate::shape_ops::eval_view_owned(&node.op, taken, &rest).map_err(&node_err)?
             } else {
                 let args: Vec<Option<&Value>> = node
                     .inputs()
                     .iter()
-                    .map(|v| v.and_then(|v| store[v.index()].as_ref()))
+                    .map(|v| v.and_then(|v| store[v.index()].as_deref()))
                     .collect();
-                let names: Option<Vec<String>> =
-                    matches!(node.op, Op::Loop(_) | Op::Scan(_)).then(|| {
-                        node.inputs()
-                            .iter()
-                            .map(|v| v.map(|v| g.value(v).name.clone()).unwrap_or_default())
-                            .collect()
-                    });
-                eval_op(&node.op, &args, nout, self, names.as_deref()).map_err(&node_err)?
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    eval_op(&node.op, &args, nout, self)
+                }))
+                .unwrap_or_else(|p| Err(format!("internal error: {}", panic_message(&p))))
+                .map_err(&node_err)?
             };
             if outs.len() < nout {
                 return Err(node_err(format!(
                     "produced {} outputs, node has {nout}",
                     outs.len()
                 )));
+            }
+            if let Some(t0) = t0 {
+                let e = prof.entry(node.op.name().to_string()).or_default();
+                e.0 += t0.elapsed().as_secs_f64();
+                e.1 += 1;
             }
             for v in node.inputs().iter().flatten() {
                 let r = &mut remaining[v.index()];
@@ -226,11 +323,24 @@ impl Interpreter {
                     obs(vid, &val);
                 }
                 if remaining[vid.index()] > 0 || pinned[vid.index()] {
-                    store[vid.index()] = Some(val);
+                    store[vid.index()] = Some(Arc::new(val));
                 }
             }
         }
 
+        if profile {
+            let mut rows: Vec<_> = prof.into_iter().collect();
+            rows.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+            let total: f64 = rows.iter().map(|r| r.1 .0).sum();
+            eprintln!("pare-interp profile of '{}': {:.3} s", g.name, total);
+            for (name, (t, n)) in rows {
+                eprintln!(
+                    "  {name:<24} {:>9.3} ms  {n:>6} calls  {:>5.1}%",
+                    t * 1e3,
+                    100.0 * t / total.max(1e-12)
+                );
+            }
+        }
         let outs = g.outputs();
         let mut result = Vec::with_capacity(outs.len());
         for (i, &v) in outs.iter().enumerate() {
@@ -242,12 +352,23 @@ impl Interpreter {
             };
             let val = match val {
                 Some(x) => x,
-                None => materialize(g, v)
+                None => self
+                    .constant(g, v)
                     .map_err(|_| InterpError::Undefined(g.value(v).name.clone()))?,
             };
-            result.push(val);
+            result.push(Arc::try_unwrap(val).unwrap_or_else(|shared| (*shared).clone()));
         }
         Ok(result)
+    }
+}
+
+pub(crate) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_string()
     }
 }
 
@@ -262,16 +383,6 @@ fn is_view_op(op: &Op) -> bool {
             | Op::Flatten(_)
             | Op::Dropout(_)
     )
-}
-
-fn materialize(g: &Graph, v: ValueId) -> Result<Value, String> {
-    match g.value(v).def() {
-        ValueDef::Const(t) => Value::from_tensor(t),
-        _ => Err(format!(
-            "value '{}' is read but not defined",
-            g.value(v).name
-        )),
-    }
 }
 
 fn input_name(g: &Graph, i: usize) -> String {

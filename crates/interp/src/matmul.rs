@@ -720,7 +720,7 @@ pub(crate) fn einsum(eq: &str, xs: &[&Value]) -> Result<Value, String> {
             let dt = first.dtype();
             let conv: Vec<ArrayD<f64>> = xs
                 .iter()
-                .map(|x| Ok(from_vec(x.shape(), x.to_f64_vec()?)?))
+                .map(|x| from_vec(x.shape(), x.to_f64_vec()?))
                 .collect::<Result<_, String>>()?;
             let refs: Vec<&ArrayD<f64>> = conv.iter().collect();
             crate::cast::cast(&Value::F64(einsum_t(eq, &refs)?), dt, true)

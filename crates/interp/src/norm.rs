@@ -224,7 +224,7 @@ pub(crate) fn group_norm(
     }
     let c = shape[1];
     let g = at.num_groups.max(1) as usize;
-    if c % g != 0 {
+    if !c.is_multiple_of(g) {
         return Err(format!("{c} channels are not divisible into {g} groups"));
     }
     let sp: usize = shape[2..].iter().product();

@@ -16,14 +16,9 @@ pub(crate) trait Num:
 {
     /// Floating point.
     const FLOAT: bool;
-    /// Signed (floats are signed).
-    const SIGNED: bool;
     fn to_f64(self) -> f64;
     /// `as`-style conversion (saturating for float → int, NaN → 0).
     fn from_f64(v: f64) -> Self;
-    fn to_i64(self) -> i64;
-    /// Wrapping conversion for integers.
-    fn from_i64(v: i64) -> Self;
     const ZERO: Self;
     const ONE: Self;
     fn add(self, o: Self) -> Self;
@@ -75,11 +70,8 @@ macro_rules! int_num {
     ($($t:ty, $signed:expr);* $(;)?) => {$(
         impl Num for $t {
             const FLOAT: bool = false;
-            const SIGNED: bool = $signed;
             #[inline] fn to_f64(self) -> f64 { self as f64 }
             #[inline] fn from_f64(v: f64) -> Self { v as $t }
-            #[inline] fn to_i64(self) -> i64 { self as i64 }
-            #[inline] fn from_i64(v: i64) -> Self { v as $t }
             const ZERO: Self = 0;
             const ONE: Self = 1;
             #[inline] fn add(self, o: Self) -> Self { self.wrapping_add(o) }
@@ -110,11 +102,8 @@ macro_rules! float_num {
     ($($t:ty),*) => {$(
         impl Num for $t {
             const FLOAT: bool = true;
-            const SIGNED: bool = true;
             #[inline] fn to_f64(self) -> f64 { self as f64 }
             #[inline] fn from_f64(v: f64) -> Self { v as $t }
-            #[inline] fn to_i64(self) -> i64 { self as i64 }
-            #[inline] fn from_i64(v: i64) -> Self { v as $t }
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             #[inline] fn add(self, o: Self) -> Self { self + o }
@@ -140,11 +129,8 @@ macro_rules! half_num {
     ($($t:ty),*) => {$(
         impl Num for $t {
             const FLOAT: bool = true;
-            const SIGNED: bool = true;
             #[inline] fn to_f64(self) -> f64 { self.to_f64() }
             #[inline] fn from_f64(v: f64) -> Self { <$t>::from_f64(v) }
-            #[inline] fn to_i64(self) -> i64 { self.to_f32() as i64 }
-            #[inline] fn from_i64(v: i64) -> Self { <$t>::from_f64(v as f64) }
             const ZERO: Self = <$t>::ZERO;
             const ONE: Self = <$t>::ONE;
             #[inline] fn add(self, o: Self) -> Self { <$t>::from_f32(self.to_f32() + o.to_f32()) }
@@ -178,16 +164,8 @@ pub(crate) trait Float:
 {
     fn exp(self) -> Self;
     fn ln(self) -> Self;
-    fn sqrt(self) -> Self;
     fn tanh(self) -> Self;
-    fn powf(self, e: Self) -> Self;
-    fn floor(self) -> Self;
-    fn ceil(self) -> Self;
-    fn round_even(self) -> Self;
     fn erf(self) -> Self;
-    fn fmax(self, o: Self) -> Self;
-    fn fmin(self, o: Self) -> Self;
-    fn is_finite(self) -> bool;
     /// Converts an f64 constant.
     fn c(v: f64) -> Self;
 }
@@ -204,44 +182,12 @@ macro_rules! float_impl {
                 <$t>::ln(self)
             }
             #[inline]
-            fn sqrt(self) -> Self {
-                <$t>::sqrt(self)
-            }
-            #[inline]
             fn tanh(self) -> Self {
                 <$t>::tanh(self)
             }
             #[inline]
-            fn powf(self, e: Self) -> Self {
-                <$t>::powf(self, e)
-            }
-            #[inline]
-            fn floor(self) -> Self {
-                <$t>::floor(self)
-            }
-            #[inline]
-            fn ceil(self) -> Self {
-                <$t>::ceil(self)
-            }
-            #[inline]
-            fn round_even(self) -> Self {
-                <$t>::round_ties_even(self)
-            }
-            #[inline]
             fn erf(self) -> Self {
                 $erf(self)
-            }
-            #[inline]
-            fn fmax(self, o: Self) -> Self {
-                <$t>::max(self, o)
-            }
-            #[inline]
-            fn fmin(self, o: Self) -> Self {
-                <$t>::min(self, o)
-            }
-            #[inline]
-            fn is_finite(self) -> bool {
-                <$t>::is_finite(self)
             }
             #[inline]
             fn c(v: f64) -> Self {

@@ -306,7 +306,15 @@ pub(crate) fn qlinear_matmul(a: &Args) -> Result<Value, String> {
     };
     let out_dt = y_z.map_or(av.dtype(), |z| z.dtype());
     let (lo, hi) = int_range(out_dt).ok_or_else(|| format!("unsupported output type {out_dt}"))?;
-    let _ = m;
+    for (what, len, want) in [
+        ("a_scale", asv.len(), m),
+        ("b_scale", bsv.len(), n),
+        ("y_zero_point", yzv.len(), n),
+    ] {
+        if len == 0 || (len > 1 && len != want) {
+            return Err(format!("{what} has {len} elements, expected 1 or {want}"));
+        }
+    }
     let v: Vec<f64> = cv
         .iter()
         .enumerate()
@@ -345,6 +353,13 @@ fn int_conv(
         Some(z) => z.to_f64_vec()?,
         None => vec![0.0],
     };
+    if wzv.is_empty() || (wzv.len() > 1 && wzv.len() != wshape[0]) {
+        return Err(format!(
+            "w_zero_point has {} elements, expected 1 or {}",
+            wzv.len(),
+            wshape[0]
+        ));
+    }
     let wf = from_vec(
         &wshape,
         ws.iter()
@@ -389,6 +404,12 @@ pub(crate) fn qlinear_conv(c: &ConvAttrs, a: &Args) -> Result<Value, String> {
     let xs = x_s.scalar_f64()? as f32;
     let ys = y_s.scalar_f64()? as f32;
     let wsv = w_s.to_f64_vec()?;
+    if wsv.is_empty() || (wsv.len() > 1 && wsv.len() != m) {
+        return Err(format!(
+            "w_scale has {} elements, expected 1 or {m}",
+            wsv.len()
+        ));
+    }
     let out_dt = y_z.map_or(x.dtype(), |z| z.dtype());
     let yz = match y_z {
         Some(z) => z.scalar_f64()?,

@@ -172,6 +172,9 @@ fn swap01<T: Copy>(d: &[T], a: usize, b: usize, rest: usize) -> Vec<T> {
     out
 }
 
+/// A shape and its row-major data.
+type Shaped<T> = (Vec<usize>, Vec<T>);
+
 struct Outs<T> {
     y: Vec<T>,
     yh: Vec<T>,
@@ -263,7 +266,13 @@ fn run<T: Float>(cell: Cell, at: &RnnAttrs, a: &Args) -> Result<Outs<T>, String>
         Vec::new()
     };
     let peep: Vec<T> = match (cell, a.opt(7)) {
-        (Cell::Lstm, Some(p)) => vals(p)?,
+        (Cell::Lstm, Some(p)) => {
+            let v = vals(p)?;
+            if v.len() != dirs * 3 * h {
+                return Err(format!("P must have shape [{dirs}, {}]", 3 * h));
+            }
+            v
+        }
         _ => vec![T::ZERO; dirs * 3 * h],
     };
     let acts = parse_acts(cell, at, dirs)?;
@@ -426,11 +435,7 @@ fn run<T: Float>(cell: Cell, at: &RnnAttrs, a: &Args) -> Result<Outs<T>, String>
     })
 }
 
-fn pack<T: Float>(
-    o: Outs<T>,
-    cell: Cell,
-    layout1: bool,
-) -> Result<Vec<(Vec<usize>, Vec<T>)>, String> {
+fn pack<T: Float>(o: Outs<T>, cell: Cell, layout1: bool) -> Result<Vec<Shaped<T>>, String> {
     let Outs {
         y,
         yh,

@@ -43,7 +43,7 @@ pub(crate) fn reshape_target(
             .filter(|(k, _)| *k != i)
             .map(|(_, &d)| d)
             .product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("cannot reshape {input:?} to {spec:?}"));
         }
         out[i] = total / known;

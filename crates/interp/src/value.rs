@@ -58,7 +58,6 @@ pub enum Value {
 }
 
 /// Applies an expression to the array inside any variant (generic over the element type).
-
 macro_rules! with_array {
     ($v:expr, $a:ident => $body:expr) => {
         match $v {
@@ -89,7 +88,6 @@ macro_rules! with_array {
 
 /// Maps the array inside any variant to a new array with the same element type, keeping the
 /// variant.
-
 macro_rules! map_array {
     ($v:expr, $a:ident => $body:expr) => {
         match $v {
@@ -120,7 +118,6 @@ macro_rules! map_array {
 
 /// Maps several values of one (any) variant to one value of that variant: `$xs` is bound to
 /// a `Vec<&ArrayD<T>>`. Mismatched variants are an error (`return Err(String)`).
-
 macro_rules! map_many {
     ($vals:expr, $xs:ident => $body:expr) => {{
         let vals: &[&$crate::Value] = $vals;
@@ -170,7 +167,6 @@ macro_rules! map_many {
 
 /// Maps a numeric value (the 12 native numeric types) with `$T` bound to its element type;
 /// other variants are an error.
-
 macro_rules! map_num {
     ($v:expr, $T:ident, $a:ident => $body:expr) => {
         match $v {
@@ -240,7 +236,6 @@ macro_rules! map_num {
 }
 
 /// Like [`map_num!`] but the body returns any type (not wrapped back into a `Value`).
-
 macro_rules! with_num {
     ($v:expr, $T:ident, $a:ident => $body:expr) => {
         match $v {
@@ -310,7 +305,6 @@ macro_rules! with_num {
 }
 
 /// Maps an integer value (8..64-bit, signed and unsigned) with `$T` bound.
-
 macro_rules! map_int {
     ($v:expr, $T:ident, $a:ident => $body:expr) => {
         match $v {
@@ -361,7 +355,6 @@ macro_rules! map_int {
 
 /// Maps a float value: f32 and f64 natively with `$T` bound; f16 and bf16 are computed in f32
 /// (`$T = f32`) and rounded back. The body maps `&ArrayD<$T>` to `ArrayD<$T>`.
-
 macro_rules! map_float {
     ($v:expr, $T:ident, $a:ident => $body:expr) => {
         match $v {
@@ -450,31 +443,26 @@ impl Value {
         fn arr<T>(shape: IxDyn, v: Vec<T>) -> Result<ArrayD<T>, String> {
             ArrayD::from_shape_vec(shape, v).map_err(|e| format!("bad tensor data: {e}"))
         }
-        fn le<T, const N: usize>(raw: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
-            raw.chunks_exact(N)
-                .map(|c| {
-                    let mut b = [0u8; N];
-                    b.copy_from_slice(c);
-                    f(b)
-                })
-                .collect()
+        // Little-endian host (pare-ir refuses big-endian): a byte copy is the conversion.
+        fn le<T: bytemuck::Pod>(raw: &[u8]) -> Vec<T> {
+            bytemuck::pod_collect_to_vec(raw)
         }
         let raw = t.raw();
         let n = t.numel();
         let nib = |i: usize| -> u8 { raw.get(i / 2).map_or(0, |b| (b >> (4 * (i % 2))) & 0xF) };
         Ok(match t.dtype() {
-            DType::F32 => Value::F32(arr(shape, le(raw, f32::from_le_bytes))?),
-            DType::F64 => Value::F64(arr(shape, le(raw, f64::from_le_bytes))?),
-            DType::F16 => Value::F16(arr(shape, le(raw, f16::from_le_bytes))?),
-            DType::BF16 => Value::BF16(arr(shape, le(raw, bf16::from_le_bytes))?),
+            DType::F32 => Value::F32(arr(shape, le::<f32>(raw))?),
+            DType::F64 => Value::F64(arr(shape, le::<f64>(raw))?),
+            DType::F16 => Value::F16(arr(shape, le::<f16>(raw))?),
+            DType::BF16 => Value::BF16(arr(shape, le::<bf16>(raw))?),
             DType::I8 => Value::I8(arr(shape, raw.iter().map(|&b| b as i8).collect())?),
             DType::U8 => Value::U8(arr(shape, raw.to_vec())?),
-            DType::I16 => Value::I16(arr(shape, le(raw, i16::from_le_bytes))?),
-            DType::U16 => Value::U16(arr(shape, le(raw, u16::from_le_bytes))?),
-            DType::I32 => Value::I32(arr(shape, le(raw, i32::from_le_bytes))?),
-            DType::U32 => Value::U32(arr(shape, le(raw, u32::from_le_bytes))?),
-            DType::I64 => Value::I64(arr(shape, le(raw, i64::from_le_bytes))?),
-            DType::U64 => Value::U64(arr(shape, le(raw, u64::from_le_bytes))?),
+            DType::I16 => Value::I16(arr(shape, le::<i16>(raw))?),
+            DType::U16 => Value::U16(arr(shape, le::<u16>(raw))?),
+            DType::I32 => Value::I32(arr(shape, le::<i32>(raw))?),
+            DType::U32 => Value::U32(arr(shape, le::<u32>(raw))?),
+            DType::I64 => Value::I64(arr(shape, le::<i64>(raw))?),
+            DType::U64 => Value::U64(arr(shape, le::<u64>(raw))?),
             DType::Bool => Value::Bool(arr(shape, raw.iter().map(|&b| b != 0).collect())?),
             DType::String => {
                 let s = t.strings().ok_or("string tensor without strings")?;

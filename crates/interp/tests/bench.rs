@@ -157,7 +157,7 @@ fn transformer_forward() {
     let x = Value::F32(
         ndarray::ArrayD::from_shape_vec(vec![1, seq, d], rand_vec(seq * d, 42, 1.0)).unwrap(),
     );
-    let it = Interpreter::new();
+    let it = Interpreter::new().profile(std::env::var("PARE_PROFILE").is_ok());
     let t = Instant::now();
     let out = it.run_values(&g, vec![x.clone()]).unwrap();
     let first = t.elapsed().as_secs_f64();
@@ -172,5 +172,105 @@ fn transformer_forward() {
         first,
         second,
         rayon::current_num_threads()
+    );
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn const_conversion() {
+    let (g, _) = transformer(16, 768, 12, 128);
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut n = 0;
+        let vals: Vec<Value> = g
+            .constants()
+            .map(|(_, t)| {
+                n += t.numel();
+                Value::from_tensor(t).unwrap()
+            })
+            .collect();
+        println!("convert {n} elements: {:.3} s", t.elapsed().as_secs_f64());
+        drop(vals);
+    }
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn conv_layers() {
+    use pare_ir::op::{ConvAttrs, PoolAttrs};
+    let cases: Vec<(&str, [usize; 4], [usize; 4], ConvAttrs)> = vec![
+        (
+            "3x3 64->64 @56",
+            [1, 64, 56, 56],
+            [64, 64, 3, 3],
+            ConvAttrs {
+                pads: Some(vec![1, 1, 1, 1]),
+                ..ConvAttrs::default()
+            },
+        ),
+        (
+            "1x1 256->64 @56",
+            [1, 256, 56, 56],
+            [64, 256, 1, 1],
+            ConvAttrs::default(),
+        ),
+        (
+            "7x7/2 3->64 @224",
+            [1, 3, 224, 224],
+            [64, 3, 7, 7],
+            ConvAttrs {
+                pads: Some(vec![3, 3, 3, 3]),
+                strides: Some(vec![2, 2]),
+                ..ConvAttrs::default()
+            },
+        ),
+        (
+            "dw 3x3 256 @28 batch 8",
+            [8, 256, 28, 28],
+            [256, 1, 3, 3],
+            ConvAttrs {
+                pads: Some(vec![1, 1, 1, 1]),
+                group: 256,
+                ..ConvAttrs::default()
+            },
+        ),
+    ];
+    for (name, xs, ws, at) in cases {
+        let x = Value::F32(
+            ndarray::ArrayD::from_shape_vec(xs.to_vec(), rand_vec(xs.iter().product(), 1, 1.0))
+                .unwrap(),
+        );
+        let w = Value::F32(
+            ndarray::ArrayD::from_shape_vec(ws.to_vec(), rand_vec(ws.iter().product(), 2, 0.1))
+                .unwrap(),
+        );
+        let op = Op::Conv(at);
+        let _ = pare_interp::eval_node(&op, &[Some(&x), Some(&w)], 1).unwrap();
+        let t = Instant::now();
+        let y = pare_interp::eval_node(&op, &[Some(&x), Some(&w)], 1).unwrap();
+        let dt = t.elapsed().as_secs_f64();
+        let out: usize = y[0].shape().iter().product();
+        let flops = 2.0 * out as f64 * (ws[1] * ws[2] * ws[3]) as f64;
+        println!(
+            "conv {name}: {:.2} ms, {:.1} GFLOP/s",
+            dt * 1e3,
+            flops / dt / 1e9
+        );
+    }
+    let x = Value::F32(
+        ndarray::ArrayD::from_shape_vec(vec![1, 64, 112, 112], rand_vec(64 * 112 * 112, 3, 1.0))
+            .unwrap(),
+    );
+    let op = Op::MaxPool(PoolAttrs {
+        kernel_shape: vec![3, 3],
+        strides: Some(vec![2, 2]),
+        pads: Some(vec![1, 1, 1, 1]),
+        ..PoolAttrs::default()
+    });
+    let t = Instant::now();
+    let _ = pare_interp::eval_node(&op, &[Some(&x)], 1).unwrap();
+    println!(
+        "maxpool 3x3/2 64@112: {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
     );
 }

@@ -148,6 +148,7 @@ fn graph(j: &J) -> Result<Graph, String> {
             names.insert(name.clone(), v);
         }
     }
+    g.set_num_captures(j["num_captures"].as_u64().unwrap_or(0) as usize);
     for o in j["outputs"].as_array().ok_or("outputs")? {
         let s = o.as_str().unwrap_or("");
         let v = *names
@@ -203,10 +204,7 @@ fn run_one(path: &std::path::Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let j: J = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let g = graph(&j["graph"])?;
-    let it = Interpreter {
-        skip_input_checks: true,
-        ..Interpreter::default()
-    };
+    let it = Interpreter::new().check_inputs(false);
     for case in j["cases"].as_array().ok_or("cases")? {
         let ins: Vec<Tensor> = case["inputs"]
             .as_array()

@@ -153,10 +153,10 @@ def graph_json(g):
         while inputs and inputs[-1] == "":
             inputs.pop()
         for gj in subs:
-            names = [i["name"] for i in gj["inputs"]]
-            for c in caps:
-                if c not in names:
-                    gj["inputs"].append({"name": c, "dtype": None, "shape": None})
+            formal = [i for i in gj["inputs"] if i["name"] not in caps]
+            by_name = {i["name"]: i for i in gj["inputs"]}
+            gj["inputs"] = formal + [by_name.get(c, {"name": c, "dtype": None, "shape": None}) for c in caps]
+            gj["num_captures"] = len(caps)
         inputs += caps
         for i in inputs:
             use(i)
