@@ -12,8 +12,8 @@ pare=target/release/pare
 model=.cache/models/$name.onnx
 out=target/demo/$name
 mkdir -p "$out"
-echo "== pare inspect $model"
-"$pare" inspect "$model"
+echo "== pare inspect $model (shapes bound from tests/models/$name/test_data_set_0)"
+"$pare" inspect "$model" --inputs "tests/models/$name/test_data_set_0"
 echo
 echo "== pare run (reference interpreter) on tests/models/$name/test_data_set_0"
 "$pare" run "$model" --inputs "tests/models/$name/test_data_set_0" --out "$out/outputs" --print

@@ -19,6 +19,10 @@ pub struct InspectArgs {
     /// shapes (`--shape x=1x3x224x224`), for models whose inputs have anonymous dimensions.
     #[arg(long, value_delimiter = ',')]
     shape: Vec<String>,
+    /// Bind input shapes from data, as `pare run --inputs` takes it (files or a test_data_set
+    /// directory).
+    #[arg(long, num_args = 1..)]
+    inputs: Vec<String>,
 }
 
 /// Dimension bindings: symbol values and whole input shapes.
@@ -127,7 +131,15 @@ fn human(n: u64, unit: &str) -> String {
 /// Runs the command.
 pub fn inspect(a: &InspectArgs) -> Result<()> {
     let mut m = crate::load(&a.model)?;
-    bind_symbols(&mut m.graph, &parse_bindings(&a.shape)?)?;
+    let mut bindings = parse_bindings(&a.shape)?;
+    if !a.inputs.is_empty() {
+        let data = crate::inputs::load_inputs(&m.graph, &a.inputs)?;
+        for (&v, t) in m.graph.inputs().iter().zip(&data) {
+            let dims = t.shape().iter().map(|&d| d as u64).collect();
+            bindings.inputs.insert(m.graph.value(v).name.clone(), dims);
+        }
+    }
+    bind_symbols(&mut m.graph, &bindings)?;
     let g = &m.graph;
     let io = |vs: &[pare_ir::ValueId]| -> Vec<(String, TensorType)> {
         vs.iter()
