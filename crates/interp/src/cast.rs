@@ -1,5 +1,6 @@
 //! Cast between every pair of dtypes, including 8-bit and 4-bit floats (round to nearest even,
-//! optional saturation) and packed 4-bit integers (wrapping).
+//! optional saturation), E8M0 (exponent only, with a rounding mode) and packed 4- and 2-bit
+//! integers (wrapping).
 
 use crate::Value;
 use half::{bf16, f16};
@@ -196,6 +197,63 @@ impl MiniFloat {
     }
 }
 
+/// Rounding of the mantissa when converting to E8M0 (Cast's `round_mode` attribute).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RoundMode {
+    /// Toward +infinity in magnitude: any nonzero mantissa bumps the exponent (the default).
+    #[default]
+    Up,
+    /// Truncate the mantissa.
+    Down,
+    /// To nearest, ties to even.
+    Nearest,
+}
+
+impl RoundMode {
+    /// Parses the ONNX attribute value (`"up"`, `"down"`, `"nearest"`).
+    pub fn parse(s: &str) -> Result<RoundMode, String> {
+        match s {
+            "up" => Ok(RoundMode::Up),
+            "down" => Ok(RoundMode::Down),
+            "nearest" => Ok(RoundMode::Nearest),
+            o => Err(format!("unsupported round_mode {o:?}")),
+        }
+    }
+}
+
+/// Decodes an E8M0 code: `2^(c - 127)`, with 0xFF NaN.
+pub(crate) fn e8m0_decode(c: u8) -> f64 {
+    if c == 0xFF {
+        f64::NAN
+    } else {
+        2f64.powi(c as i32 - 127)
+    }
+}
+
+/// Encodes to E8M0 as the ONNX reference does: the value is rounded to f32, its sign dropped,
+/// and its biased exponent kept, rounded per `mode` from the mantissa bits. NaN and ±inf become
+/// 0xFF (NaN); `saturate` stops rounding up past the largest exponent (0xFE), which would
+/// otherwise give NaN.
+pub(crate) fn e8m0_encode(x: f64, saturate: bool, mode: RoundMode) -> u8 {
+    let bits = (x as f32).to_bits();
+    let exp = (bits >> 23) & 0xFF;
+    if exp == 0xFF {
+        return 0xFF;
+    }
+    let up = match mode {
+        RoundMode::Up => bits & 0x7F_FFFF != 0,
+        RoundMode::Down => false,
+        RoundMode::Nearest => {
+            let guard = bits & 0x40_0000 != 0;
+            let round = bits & 0x20_0000 != 0;
+            let sticky = bits & 0x1F_FFFF != 0;
+            guard && (round || sticky || exp > 0)
+        }
+    };
+    let up = up && !(saturate && exp == 0xFE);
+    (exp + up as u32) as u8
+}
+
 fn mini_of(d: DType) -> Option<MiniFloat> {
     Some(match d {
         DType::F8E4M3FN => E4M3FN,
@@ -232,11 +290,11 @@ fn source(v: &Value) -> Src {
         Value::F64(a) => Src::F(a.clone()),
         Value::F16(a) => Src::F(a.mapv(|x| x.to_f64())),
         Value::BF16(a) => Src::F(a.mapv(|x| x.to_f64())),
-        Value::I8(a) | Value::I4(a) => Src::I(a.mapv(|x| x as i64)),
+        Value::I8(a) | Value::I4(a) | Value::I2(a) => Src::I(a.mapv(|x| x as i64)),
         Value::I16(a) => Src::I(a.mapv(|x| x as i64)),
         Value::I32(a) => Src::I(a.mapv(|x| x as i64)),
         Value::I64(a) => Src::I(a.clone()),
-        Value::U8(a) | Value::U4(a) => Src::U(a.mapv(|x| x as u64)),
+        Value::U8(a) | Value::U4(a) | Value::U2(a) => Src::U(a.mapv(|x| x as u64)),
         Value::U16(a) => Src::U(a.mapv(|x| x as u64)),
         Value::U32(a) => Src::U(a.mapv(|x| x as u64)),
         Value::U64(a) => Src::U(a.clone()),
@@ -247,6 +305,7 @@ fn source(v: &Value) -> Src {
         Value::F8E5M2(a) => Src::F(a.mapv(|c| E5M2.decode(c))),
         Value::F8E5M2FNUZ(a) => Src::F(a.mapv(|c| E5M2FNUZ.decode(c))),
         Value::F4E2M1(a) => Src::F(a.mapv(|c| E2M1.decode(c))),
+        Value::F8E8M0(a) => Src::F(a.mapv(e8m0_decode)),
     }
 }
 
@@ -263,8 +322,14 @@ fn float_to_string(x: f64, d: DType) -> String {
     }
 }
 
-/// Casts `v` to dtype `to`. `saturate` applies to 8-bit float targets (ONNX Cast semantics).
+/// Casts `v` to dtype `to`. `saturate` applies to 8-bit float targets (ONNX Cast semantics);
+/// E8M0 targets round up.
 pub fn cast(v: &Value, to: DType, saturate: bool) -> Result<Value, String> {
+    cast_with(v, to, saturate, RoundMode::Up)
+}
+
+/// Like [`cast`], with the rounding mode for E8M0 targets (Cast's `round_mode`).
+pub fn cast_with(v: &Value, to: DType, saturate: bool, round: RoundMode) -> Result<Value, String> {
     if v.dtype() == to {
         return Ok(v.clone());
     }
@@ -373,6 +438,9 @@ pub fn cast(v: &Value, to: DType, saturate: bool) -> Result<Value, String> {
         DType::U64 => Value::U64(to_int!(u64)),
         DType::I4 => Value::I4(to_int!(i8).mapv(|x| (x << 4) >> 4)),
         DType::U4 => Value::U4(to_int!(u8).mapv(|x| x & 0xF)),
+        DType::I2 => Value::I2(to_int!(i8).mapv(|x| (x << 6) >> 6)),
+        DType::U2 => Value::U2(to_int!(u8).mapv(|x| x & 0x3)),
+        DType::F8E8M0 => Value::F8E8M0(to_f64!().mapv(|x| e8m0_encode(x, saturate, round))),
         DType::Bool => Value::Bool(match &src {
             Src::F(a) => a.mapv(|x| x != 0.0),
             Src::I(a) => a.mapv(|x| x != 0),
@@ -394,4 +462,62 @@ pub fn cast(v: &Value, to: DType, saturate: bool) -> Result<Value, String> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XS: [f64; 10] = [
+        1.0,
+        1.5,
+        3.0,
+        0.75,
+        -2.5,
+        f64::INFINITY,
+        f64::NAN,
+        0.0,
+        3.4e38,
+        1.25,
+    ];
+
+    fn codes(saturate: bool, mode: RoundMode) -> Vec<u8> {
+        XS.iter().map(|&x| e8m0_encode(x, saturate, mode)).collect()
+    }
+
+    /// Expected codes from `onnx.numpy_helper.to_float8e8m0`.
+    #[test]
+    fn e8m0_matches_reference() {
+        let up = [127, 128, 129, 127, 129, 255, 255, 0, 254, 128];
+        assert_eq!(codes(true, RoundMode::Up), up);
+        let mut up_ns = up;
+        up_ns[8] = 255;
+        assert_eq!(codes(false, RoundMode::Up), up_ns);
+        let down = [127, 127, 128, 126, 128, 255, 255, 0, 254, 127];
+        assert_eq!(codes(true, RoundMode::Down), down);
+        assert_eq!(codes(false, RoundMode::Down), down);
+        let near = [127, 128, 129, 127, 128, 255, 255, 0, 254, 127];
+        assert_eq!(codes(true, RoundMode::Nearest), near);
+        let mut near_ns = near;
+        near_ns[8] = 255;
+        assert_eq!(codes(false, RoundMode::Nearest), near_ns);
+        assert_eq!(e8m0_decode(127), 1.0);
+        assert_eq!(e8m0_decode(130), 8.0);
+        assert!(e8m0_decode(255).is_nan());
+        assert!(RoundMode::parse("sideways").is_err());
+    }
+
+    #[test]
+    fn two_bit_ints_wrap_and_round_trip() {
+        let v = Value::I64(ndarray::arr1(&[-3i64, -2, -1, 0, 1, 2, 5]).into_dyn());
+        let i2 = cast(&v, DType::I2, true).unwrap();
+        assert_eq!(i2.to_i64_vec().unwrap(), [1, -2, -1, 0, 1, -2, 1]);
+        let u2 = cast(&v, DType::U2, true).unwrap();
+        assert_eq!(u2.to_i64_vec().unwrap(), [1, 2, 3, 0, 1, 2, 1]);
+        for x in [i2, u2] {
+            let t = x.to_tensor();
+            assert_eq!(t.raw().len(), 2);
+            assert_eq!(Value::from_tensor(&t).unwrap(), x);
+        }
+    }
 }

@@ -71,8 +71,18 @@ pub(crate) fn eval_op(
         | Gelu(_) | IsInf(_) | Shrink(_) => one(ew::unary(op, a.req(0)?)?),
         Identity => one(a.req(0)?.clone()),
         Clip => one(ew::clip(a.req(0)?, a.opt(1), a.opt(2))?),
-        Cast(c) => one(cast::cast(a.req(0)?, c.to, c.saturate)?),
-        CastLike(c) => one(cast::cast(a.req(0)?, a.req(1)?.dtype(), c.saturate)?),
+        Cast(c) => one(cast::cast_with(
+            a.req(0)?,
+            c.to,
+            c.saturate,
+            cast::RoundMode::parse(&c.round_mode)?,
+        )?),
+        CastLike(c) => one(cast::cast_with(
+            a.req(0)?,
+            a.req(1)?.dtype(),
+            c.saturate,
+            cast::RoundMode::parse(&c.round_mode)?,
+        )?),
         Dropout(_) => ew::dropout(a.req(0)?, a.opt(1), a.opt(2), nout),
         // Binary and variadic elementwise.
         Add | Sub | Mul | Div | Pow | Mod(_) | And | Or | Xor | Equal | Greater

@@ -36,6 +36,7 @@ pub(crate) fn unary(op: &Op, x: &Value) -> Result<Value, String> {
                 | Value::F8E5M2(_)
                 | Value::F8E5M2FNUZ(_)
                 | Value::F4E2M1(_)
+                | Value::F8E8M0(_)
         )
     {
         return unary(op, &crate::cast::cast(x, DType::F32, false)?);

@@ -261,9 +261,21 @@ impl Interpreter {
                 op: node.op.name().to_string(),
                 msg,
             };
+            // A Gather from a not yet converted constant (an embedding table, typically)
+            // copies just the rows it needs from the tensor's bytes.
+            let direct_gather = match (&node.op, node.input(0)) {
+                (Op::Gather(_), Some(v)) if store[v.index()].is_none() => g
+                    .constant(v)
+                    .filter(|t| t.dtype().bits() % 8 == 0 && t.dtype() != DType::String),
+                _ => None,
+            };
             // Materialize constants read by this node.
             let t0 = profile.then(std::time::Instant::now);
-            for v in node.inputs().iter().flatten() {
+            for (k, v) in node.inputs().iter().enumerate() {
+                let Some(v) = v else { continue };
+                if k == 0 && direct_gather.is_some() {
+                    continue;
+                }
                 if store[v.index()].is_none() {
                     store[v.index()] = Some(self.constant(g, *v).map_err(&node_err)?);
                 }
@@ -279,7 +291,13 @@ impl Interpreter {
                 .input(0)
                 .map(|v| remaining[v.index()] == 1 && !pinned[v.index()])
                 .unwrap_or(false);
-            let outs = if data_dies && is_view_op(&node.op) {
+            let outs = if let (Some(t), Op::Gather(ga)) = (direct_gather, &node.op) {
+                let idx = node
+                    .input(1)
+                    .and_then(|v| store[v.index()].as_deref())
+                    .ok_or_else(|| node_err("missing required input 1".into()))?;
+                vec![crate::shape_ops::gather_tensor(t, idx, ga.axis).map_err(&node_err)?]
+            } else if data_dies && is_view_op(&node.op) {
                 let v0 = node.input(0).expect("checked above");
                 let taken = store[v0.index()].take().expect("materialized above");
                 let taken = Arc::try_unwrap(taken).unwrap_or_else(|shared| (*shared).clone());

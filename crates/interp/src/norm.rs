@@ -62,7 +62,6 @@ pub(crate) fn batch_norm(at: &BatchNormAttrs, a: &Args, nout: usize) -> Result<V
     }
     let (n, c) = (shape[0], shape[1]);
     let sp: usize = shape[2..].iter().product();
-    let xd = f64s(x)?;
     let scale = f64s(a.req(1)?)?;
     let bias = f64s(a.req(2)?)?;
     let in_mean = f64s(a.req(3)?)?;
@@ -74,6 +73,29 @@ pub(crate) fn batch_norm(at: &BatchNormAttrs, a: &Args, nout: usize) -> Result<V
         return Err(format!("scale, B, mean and var must have {c} elements"));
     }
     let eps = at.epsilon as f64;
+    // Inference on f32: one fused multiply-add per element, in f32.
+    if let (Value::F32(xa), false) = (x, at.training_mode) {
+        let k: Vec<f32> = (0..c)
+            .map(|i| (scale[i] / (in_var[i] + eps).sqrt()) as f32)
+            .collect();
+        let b: Vec<f32> = (0..c)
+            .map(|i| (bias[i] - in_mean[i] * scale[i] / (in_var[i] + eps).sqrt()) as f32)
+            .collect();
+        let mut y = crate::num::contiguous(xa).into_owned();
+        let f = |(i, row): (usize, &mut [f32])| {
+            let (k, b) = (k[i % c], b[i % c]);
+            row.iter_mut().for_each(|v| *v = *v * k + b);
+        };
+        if sp > 0 {
+            if y.len() >= PAR_THRESHOLD {
+                y.par_chunks_mut(sp).enumerate().for_each(f);
+            } else {
+                y.chunks_mut(sp).enumerate().for_each(f);
+            }
+        }
+        return Ok(vec![Value::F32(from_vec(&shape, y)?)]);
+    }
+    let xd = f64s(x)?;
     let (mean, var) = if at.training_mode {
         let mut mean = vec![0.0; c];
         let mut var = vec![0.0; c];

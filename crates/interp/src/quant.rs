@@ -1,4 +1,4 @@
-//! Quantization: QuantizeLinear (per-tensor, per-axis, blocked; integer, 4-bit and 8/4-bit
+//! Quantization: QuantizeLinear (per-tensor, per-axis, blocked; integer, 4/2-bit and 8/4-bit
 //! float outputs), DequantizeLinear, DynamicQuantizeLinear, MatMulInteger, QLinearMatMul,
 //! ConvInteger, QLinearConv.
 
@@ -67,6 +67,8 @@ fn int_range(d: DType) -> Option<(f64, f64)> {
         DType::I16 => (-32768.0, 32767.0),
         DType::U4 => (0.0, 15.0),
         DType::I4 => (-8.0, 7.0),
+        DType::U2 => (0.0, 3.0),
+        DType::I2 => (-2.0, 1.0),
         DType::I32 => (i32::MIN as f64, i32::MAX as f64),
         _ => return None,
     })
@@ -81,6 +83,8 @@ fn int_value(d: DType, shape: &[usize], v: Vec<f64>) -> Result<Value, String> {
         DType::I16 => Value::I16(from_vec(shape, v.into_iter().map(|x| x as i16).collect())?),
         DType::U4 => Value::U4(from_vec(shape, v.into_iter().map(|x| x as u8).collect())?),
         DType::I4 => Value::I4(from_vec(shape, v.into_iter().map(|x| x as i8).collect())?),
+        DType::U2 => Value::U2(from_vec(shape, v.into_iter().map(|x| x as u8).collect())?),
+        DType::I2 => Value::I2(from_vec(shape, v.into_iter().map(|x| x as i8).collect())?),
         DType::I32 => Value::I32(from_vec(shape, v.into_iter().map(|x| x as i32).collect())?),
         d => return Err(format!("{d} is not an integer quantization type")),
     })

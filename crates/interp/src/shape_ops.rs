@@ -423,6 +423,36 @@ pub(crate) fn gather(x: &Value, indices: &Value, axis: i64) -> Result<Value, Str
     }))
 }
 
+/// Gather straight from a constant tensor's bytes (byte-sized dtypes), without converting
+/// the whole tensor.
+pub(crate) fn gather_tensor(t: &Tensor, indices: &Value, axis: i64) -> Result<Value, String> {
+    let shape = t.shape();
+    let ax = norm_axis(axis, shape.len())?;
+    let n = shape[ax];
+    let idx: Vec<usize> = indices
+        .to_i64_vec()?
+        .into_iter()
+        .map(|i| index(i, n))
+        .collect::<Result<_, _>>()?;
+    let esz = t.dtype().bits() / 8;
+    let outer: usize = shape[..ax].iter().product();
+    let inner: usize = shape[ax + 1..].iter().product::<usize>() * esz;
+    let raw = t.raw();
+    let mut out = Vec::with_capacity(outer * idx.len() * inner);
+    for o in 0..outer {
+        for &i in &idx {
+            let b = (o * n + i) * inner;
+            out.extend_from_slice(&raw[b..b + inner]);
+        }
+    }
+    let mut out_shape = shape[..ax].to_vec();
+    out_shape.extend_from_slice(indices.shape());
+    out_shape.extend_from_slice(&shape[ax + 1..]);
+    let g = Tensor::from_raw(t.dtype(), out_shape, bytes::Bytes::from(out))
+        .map_err(|e| e.to_string())?;
+    Value::from_tensor(&g)
+}
+
 /// GatherElements.
 pub(crate) fn gather_elements(x: &Value, indices: &Value, axis: i64) -> Result<Value, String> {
     let r = x.rank();

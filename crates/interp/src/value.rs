@@ -9,8 +9,9 @@ use pare_ir::{DType, Tensor};
 /// A tensor value during interpretation.
 ///
 /// Storage types without a native Rust type hold one code per element: 8-bit floats their raw
-/// byte, `F4E2M1` its 4-bit code in the low nibble, `I4`/`U4` the (sign-extended) integer.
-/// Packing two 4-bit elements per byte happens only at the [`Tensor`] boundary.
+/// byte, `F4E2M1` its 4-bit code in the low nibble, `I4`/`U4`/`I2`/`U2` the (sign-extended)
+/// integer. Packing sub-byte elements (two 4-bit or four 2-bit per byte) happens only at the
+/// [`Tensor`] boundary.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     /// IEEE binary32.
@@ -55,6 +56,12 @@ pub enum Value {
     F8E5M2FNUZ(ArrayD<u8>),
     /// 4-bit float E2M1, code (0..=15) per element.
     F4E2M1(ArrayD<u8>),
+    /// 8-bit float E8M0, raw code (biased exponent) per element.
+    F8E8M0(ArrayD<u8>),
+    /// Signed 2-bit integer, one per `i8` (range -2..=1).
+    I2(ArrayD<i8>),
+    /// Unsigned 2-bit integer, one per `u8` (range 0..=3).
+    U2(ArrayD<u8>),
 }
 
 /// Applies an expression to the array inside any variant (generic over the element type).
@@ -82,6 +89,9 @@ macro_rules! with_array {
             $crate::Value::F8E5M2($a) => $body,
             $crate::Value::F8E5M2FNUZ($a) => $body,
             $crate::Value::F4E2M1($a) => $body,
+            $crate::Value::F8E8M0($a) => $body,
+            $crate::Value::I2($a) => $body,
+            $crate::Value::U2($a) => $body,
         }
     };
 }
@@ -112,6 +122,9 @@ macro_rules! map_array {
             $crate::Value::F8E5M2($a) => $crate::Value::F8E5M2($body),
             $crate::Value::F8E5M2FNUZ($a) => $crate::Value::F8E5M2FNUZ($body),
             $crate::Value::F4E2M1($a) => $crate::Value::F4E2M1($body),
+            $crate::Value::F8E8M0($a) => $crate::Value::F8E8M0($body),
+            $crate::Value::I2($a) => $crate::Value::I2($body),
+            $crate::Value::U2($a) => $crate::Value::U2($body),
         }
     };
 }
@@ -161,6 +174,9 @@ macro_rules! map_many {
             $crate::Value::F8E5M2(_) => arm!(F8E5M2),
             $crate::Value::F8E5M2FNUZ(_) => arm!(F8E5M2FNUZ),
             $crate::Value::F4E2M1(_) => arm!(F4E2M1),
+            $crate::Value::F8E8M0(_) => arm!(F8E8M0),
+            $crate::Value::I2(_) => arm!(I2),
+            $crate::Value::U2(_) => arm!(U2),
         }
     }};
 }
@@ -414,6 +430,9 @@ impl Value {
             Value::F8E5M2(_) => DType::F8E5M2,
             Value::F8E5M2FNUZ(_) => DType::F8E5M2FNUZ,
             Value::F4E2M1(_) => DType::F4E2M1,
+            Value::F8E8M0(_) => DType::F8E8M0,
+            Value::I2(_) => DType::I2,
+            Value::U2(_) => DType::U2,
         }
     }
 
@@ -450,6 +469,7 @@ impl Value {
         let raw = t.raw();
         let n = t.numel();
         let nib = |i: usize| -> u8 { raw.get(i / 2).map_or(0, |b| (b >> (4 * (i % 2))) & 0xF) };
+        let crumb = |i: usize| -> u8 { raw.get(i / 4).map_or(0, |b| (b >> (2 * (i % 4))) & 0x3) };
         Ok(match t.dtype() {
             DType::F32 => Value::F32(arr(shape, le::<f32>(raw))?),
             DType::F64 => Value::F64(arr(shape, le::<f64>(raw))?),
@@ -478,6 +498,12 @@ impl Value {
             DType::F8E4M3FNUZ => Value::F8E4M3FNUZ(arr(shape, raw.to_vec())?),
             DType::F8E5M2 => Value::F8E5M2(arr(shape, raw.to_vec())?),
             DType::F8E5M2FNUZ => Value::F8E5M2FNUZ(arr(shape, raw.to_vec())?),
+            DType::F8E8M0 => Value::F8E8M0(arr(shape, raw.to_vec())?),
+            DType::I2 => Value::I2(arr(
+                shape,
+                (0..n).map(|i| ((crumb(i) << 6) as i8) >> 6).collect(),
+            )?),
+            DType::U2 => Value::U2(arr(shape, (0..n).map(crumb).collect())?),
         })
     }
 
@@ -495,6 +521,13 @@ impl Value {
             let mut out = vec![0u8; n.div_ceil(2)];
             for (i, c) in it.enumerate() {
                 out[i / 2] |= (c & 0xF) << (4 * (i % 2));
+            }
+            Bytes::from(out)
+        }
+        fn pack2(it: impl Iterator<Item = u8>, n: usize) -> Bytes {
+            let mut out = vec![0u8; n.div_ceil(4)];
+            for (i, c) in it.enumerate() {
+                out[i / 4] |= (c & 0x3) << (2 * (i % 4));
             }
             Bytes::from(out)
         }
@@ -524,6 +557,9 @@ impl Value {
             Value::F8E4M3FNUZ(a) => (DType::F8E4M3FNUZ, bytes(a, |b: u8| [b])),
             Value::F8E5M2(a) => (DType::F8E5M2, bytes(a, |b: u8| [b])),
             Value::F8E5M2FNUZ(a) => (DType::F8E5M2FNUZ, bytes(a, |b: u8| [b])),
+            Value::F8E8M0(a) => (DType::F8E8M0, bytes(a, |b: u8| [b])),
+            Value::I2(a) => (DType::I2, pack2(a.iter().map(|&x| x as u8), n)),
+            Value::U2(a) => (DType::U2, pack2(a.iter().copied(), n)),
         };
         Tensor::from_raw(dtype, shape, data).expect("byte length matches dtype and shape")
     }
@@ -534,8 +570,8 @@ impl Value {
             Value::I64(a) => a.iter().copied().collect(),
             Value::I32(a) => a.iter().map(|&x| x as i64).collect(),
             Value::I16(a) => a.iter().map(|&x| x as i64).collect(),
-            Value::I8(a) | Value::I4(a) => a.iter().map(|&x| x as i64).collect(),
-            Value::U8(a) | Value::U4(a) => a.iter().map(|&x| x as i64).collect(),
+            Value::I8(a) | Value::I4(a) | Value::I2(a) => a.iter().map(|&x| x as i64).collect(),
+            Value::U8(a) | Value::U4(a) | Value::U2(a) => a.iter().map(|&x| x as i64).collect(),
             Value::U16(a) => a.iter().map(|&x| x as i64).collect(),
             Value::U32(a) => a.iter().map(|&x| x as i64).collect(),
             Value::U64(a) => a.iter().map(|&x| x as i64).collect(),
@@ -556,7 +592,8 @@ impl Value {
             | Value::F8E4M3FNUZ(_)
             | Value::F8E5M2(_)
             | Value::F8E5M2FNUZ(_)
-            | Value::F4E2M1(_) => match crate::cast::cast(self, DType::F64, true)? {
+            | Value::F4E2M1(_)
+            | Value::F8E8M0(_) => match crate::cast::cast(self, DType::F64, true)? {
                 Value::F64(a) => a.iter().copied().collect(),
                 _ => unreachable!("cast to f64 yields f64"),
             },
@@ -629,6 +666,10 @@ impl Value {
             DType::F8E5M2 => Value::F8E5M2(ArrayD::zeros(s)),
             DType::F8E5M2FNUZ => Value::F8E5M2FNUZ(ArrayD::zeros(s)),
             DType::F4E2M1 => Value::F4E2M1(ArrayD::zeros(s)),
+            // Code 0 is 2^-127, the smallest E8M0 value (there is no zero).
+            DType::F8E8M0 => Value::F8E8M0(ArrayD::zeros(s)),
+            DType::I2 => Value::I2(ArrayD::zeros(s)),
+            DType::U2 => Value::U2(ArrayD::zeros(s)),
         }
     }
 

@@ -279,6 +279,7 @@ fn cast_float8_saturation_and_rounding() {
         Op::Cast(CastAttrs {
             to: DType::F8E4M3FN,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&x],
     );
@@ -287,6 +288,7 @@ fn cast_float8_saturation_and_rounding() {
         Op::Cast(CastAttrs {
             to: DType::F8E4M3FN,
             saturate: false,
+            round_mode: "up".into(),
         }),
         &[&x],
     );
@@ -297,6 +299,7 @@ fn cast_float8_saturation_and_rounding() {
         Op::Cast(CastAttrs {
             to: DType::F8E5M2,
             saturate: false,
+            round_mode: "up".into(),
         }),
         &[&x],
     );
@@ -306,6 +309,7 @@ fn cast_float8_saturation_and_rounding() {
         Op::Cast(CastAttrs {
             to: DType::F32,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&sat],
     );
@@ -319,6 +323,7 @@ fn cast_ints_wrap_and_strings_parse() {
         Op::Cast(CastAttrs {
             to: DType::I4,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&x],
     );
@@ -329,6 +334,7 @@ fn cast_ints_wrap_and_strings_parse() {
         Op::Cast(CastAttrs {
             to: DType::U8,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&i64v(&[2], &[256, -1])],
     );
@@ -344,6 +350,7 @@ fn cast_ints_wrap_and_strings_parse() {
         Op::Cast(CastAttrs {
             to: DType::F32,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&s],
     ));
@@ -354,6 +361,7 @@ fn cast_ints_wrap_and_strings_parse() {
         Op::Cast(CastAttrs {
             to: DType::Bool,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&f32v(&[2], &[0.0, -0.1])],
     );
@@ -374,6 +382,7 @@ fn cast_to_bf16_rounds_to_nearest_even() {
         Op::Cast(CastAttrs {
             to: DType::BF16,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[&x],
     ) {
@@ -1645,4 +1654,33 @@ fn custom_op_is_reported_when_it_cannot_run() {
     });
     let err = eval_node(&op, &[Some(&f32v(&[1], &[0.0]))], 1).unwrap_err();
     assert!(err.contains("no reference semantics"), "{err}");
+}
+
+#[test]
+fn gather_from_constant_table() {
+    // The executor gathers rows of a constant without converting the whole table.
+    let build = |axis: i64| {
+        let mut g = Graph::new("emb");
+        let ids = g.add_input("ids", TensorType::new(DType::I64, Shape::fixed(&[2])));
+        let table = g.add_const(
+            "table",
+            Tensor::from_vec(vec![3, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]),
+        );
+        let e = g.add_simple("e", Op::Gather(Axis0Attrs { axis }), &[table, ids]);
+        g.add_output(e);
+        g
+    };
+    let it = Interpreter::new();
+    let out = it
+        .run_values(&build(0), vec![i64v(&[2], &[2, -3])])
+        .unwrap();
+    assert_eq!(out[0].shape(), &[2, 2]);
+    assert_eq!(f32s(&out[0]), vec![5.0, 6.0, 1.0, 2.0]);
+    let err = it
+        .run_values(&build(0), vec![i64v(&[2], &[2, 5])])
+        .unwrap_err();
+    assert!(err.to_string().contains("out of bounds"), "{err}");
+    let out = it.run_values(&build(1), vec![i64v(&[2], &[1, 0])]).unwrap();
+    assert_eq!(out[0].shape(), &[3, 2]);
+    assert_eq!(f32s(&out[0]), vec![2.0, 1.0, 4.0, 3.0, 6.0, 5.0]);
 }

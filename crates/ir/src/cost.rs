@@ -32,7 +32,11 @@ impl CostSummary {
 }
 
 fn is_weight(d: DType) -> bool {
-    d.is_float() || matches!(d, DType::I8 | DType::U8 | DType::I4 | DType::U4)
+    d.is_float()
+        || matches!(
+            d,
+            DType::I8 | DType::U8 | DType::I4 | DType::U4 | DType::I2 | DType::U2
+        )
 }
 
 /// Computes the summary.

@@ -4,7 +4,8 @@ use std::fmt;
 
 /// Element type of a tensor.
 ///
-/// Sub-byte types (`I4`, `U4`, `F4E2M1`) are packed two per byte, low nibble first, as in ONNX.
+/// Sub-byte types (`I4`, `U4`, `F4E2M1`) are packed two per byte, low nibble first, as in ONNX;
+/// 2-bit types (`I2`, `U2`) four per byte, low bits first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum DType {
     /// IEEE binary32.
@@ -48,13 +49,19 @@ pub enum DType {
     F8E5M2FNUZ,
     /// Packed 4-bit float E2M1.
     F4E2M1,
+    /// 8-bit float E8M0 (exponent only, `2^(e-127)`; 0xFF is NaN).
+    F8E8M0,
+    /// Packed signed 2-bit integer.
+    I2,
+    /// Packed unsigned 2-bit integer.
+    U2,
     /// Variable-length UTF-8 string.
     String,
 }
 
 impl DType {
     /// Every dtype, in declaration order.
-    pub const ALL: [DType; 21] = [
+    pub const ALL: [DType; 24] = [
         DType::F32,
         DType::F16,
         DType::BF16,
@@ -75,6 +82,9 @@ impl DType {
         DType::F8E5M2,
         DType::F8E5M2FNUZ,
         DType::F4E2M1,
+        DType::F8E8M0,
+        DType::I2,
+        DType::U2,
         DType::String,
     ];
 
@@ -101,6 +111,9 @@ impl DType {
             DType::F8E5M2 => "f8e5m2",
             DType::F8E5M2FNUZ => "f8e5m2fnuz",
             DType::F4E2M1 => "f4e2m1",
+            DType::F8E8M0 => "f8e8m0",
+            DType::I2 => "i2",
+            DType::U2 => "u2",
             DType::String => "string",
         }
     }
@@ -122,8 +135,10 @@ impl DType {
             | DType::F8E4M3FN
             | DType::F8E4M3FNUZ
             | DType::F8E5M2
-            | DType::F8E5M2FNUZ => 8,
+            | DType::F8E5M2FNUZ
+            | DType::F8E8M0 => 8,
             DType::I4 | DType::U4 | DType::F4E2M1 => 4,
+            DType::I2 | DType::U2 => 2,
             DType::String => 0,
         }
     }
@@ -146,10 +161,11 @@ impl DType {
                 | DType::F8E5M2
                 | DType::F8E5M2FNUZ
                 | DType::F4E2M1
+                | DType::F8E8M0
         )
     }
 
-    /// True for integer types (signed or unsigned, including packed 4-bit).
+    /// True for integer types (signed or unsigned, including packed 4- and 2-bit).
     pub fn is_int(self) -> bool {
         matches!(
             self,
@@ -163,6 +179,8 @@ impl DType {
                 | DType::U64
                 | DType::I4
                 | DType::U4
+                | DType::I2
+                | DType::U2
         )
     }
 
@@ -170,7 +188,7 @@ impl DType {
     pub fn is_signed_int(self) -> bool {
         matches!(
             self,
-            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::I4
+            DType::I8 | DType::I16 | DType::I32 | DType::I64 | DType::I4 | DType::I2
         )
     }
 }

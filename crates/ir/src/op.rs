@@ -24,9 +24,9 @@ attrs!(/// IsInf.
 attrs!(/// Shrink.
     ShrinkAttrs { bias: f32 = 0.0f32, lambd: f32 = 0.5f32 });
 attrs!(/// Cast.
-    CastAttrs { to: DType, saturate: bool = true });
+    CastAttrs { to: DType, saturate: bool = true, round_mode: String = "up" });
 attrs!(/// CastLike.
-    CastLikeAttrs { saturate: bool = true });
+    CastLikeAttrs { saturate: bool = true, round_mode: String = "up" });
 attrs!(/// LpNormalization.
     LpNormAttrs { axis: i64 = -1i64, p: i64 = 2i64 });
 attrs!(/// Mod.

@@ -130,6 +130,7 @@ fn predicates_and_casts() {
         Op::Cast(CastAttrs {
             to: DType::F16,
             saturate: true,
+            round_mode: "up".into(),
         }),
         vec![T("f32[N,3]")],
         "f16[N,3]",
@@ -1453,6 +1454,7 @@ fn driver_tracks_pytorch_pad_pattern() {
         Op::Cast(CastAttrs {
             to: DType::I64,
             saturate: true,
+            round_mode: "up".into(),
         }),
         &[flat],
     );

@@ -188,9 +188,13 @@ impl Exporter {
     }
 
     fn note_dtype(&mut self, d: DType) {
-        if d == DType::F4E2M1 {
-            self.needs_opset = self.needs_opset.max(23);
-        }
+        let since = match d {
+            DType::F4E2M1 => 23,
+            DType::F8E8M0 => 24,
+            DType::I2 | DType::U2 => 25,
+            _ => return,
+        };
+        self.needs_opset = self.needs_opset.max(since);
     }
 
     /// Exports a graph; `captures` are the outer names its trailing capture inputs stand for.

@@ -200,8 +200,8 @@ pub(crate) fn convert(tp: &TensorProto, ext: &mut ExternalData) -> Result<Tensor
                     .collect()
             }
         }
-        DType::I4 | DType::U4 | DType::F4E2M1 => {
-            // Each int32 holds one byte of packed elements (two 4-bit ones).
+        DType::I4 | DType::U4 | DType::F4E2M1 | DType::I2 | DType::U2 => {
+            // Each int32 holds one byte of packed elements (two 4-bit or four 2-bit ones).
             let bits = dtype.bits();
             let per = 8 / bits;
             if tp.int32_data.len() != n.div_ceil(per) {

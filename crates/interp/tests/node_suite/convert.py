@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-SUPPORTED = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 22, 23}
+SUPPORTED = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26}
 
 
 class Skip(Exception):
@@ -47,7 +47,14 @@ def tensor_json(t: onnx.TensorProto):
         for i, c in enumerate(codes.tolist()):
             packed[i // 2] |= (c & 0xF) << (4 * (i % 2))
         raw = packed.tobytes()
-    elif t.data_type in (17, 18, 19, 20):
+    elif t.data_type in (25, 26):  # packed 2-bit, four per byte, low bits first
+        codes = arr.astype(np.int8).view(np.uint8).ravel() & 0x3
+        n = codes.size
+        packed = np.zeros((n + 3) // 4, dtype=np.uint8)
+        for i, c in enumerate(codes.tolist()):
+            packed[i // 4] |= (c & 0x3) << (2 * (i % 4))
+        raw = packed.tobytes()
+    elif t.data_type in (17, 18, 19, 20, 24):
         raw = arr.view(np.uint8).tobytes()
     elif t.data_type == 9:
         raw = arr.astype(np.uint8).tobytes()
