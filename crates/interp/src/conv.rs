@@ -320,9 +320,42 @@ pub(crate) fn conv_t<T: Float>(
     from_vec(&shape, out)
 }
 
-/// Conv.
-pub(crate) fn conv(
-    at: &ConvAttrs,
+/// A float kernel of the Conv family, generic over the element type.
+trait FloatKernel {
+    fn run<T: Float>(
+        &self,
+        x: &ArrayD<T>,
+        w: &ArrayD<T>,
+        b: Option<&ArrayD<T>>,
+    ) -> Result<ArrayD<T>, String>;
+}
+
+impl FloatKernel for ConvAttrs {
+    fn run<T: Float>(
+        &self,
+        x: &ArrayD<T>,
+        w: &ArrayD<T>,
+        b: Option<&ArrayD<T>>,
+    ) -> Result<ArrayD<T>, String> {
+        conv_t(self, x, w, b)
+    }
+}
+
+impl FloatKernel for ConvTransposeAttrs {
+    fn run<T: Float>(
+        &self,
+        x: &ArrayD<T>,
+        w: &ArrayD<T>,
+        b: Option<&ArrayD<T>>,
+    ) -> Result<ArrayD<T>, String> {
+        conv_transpose_t(self, x, w, b)
+    }
+}
+
+/// Runs `k` on X, W and the optional bias of one float type; f16 and bf16 compute in f32.
+fn dispatch_float(
+    op: &str,
+    k: &impl FloatKernel,
     x: &Value,
     w: &Value,
     b: Option<&Value>,
@@ -337,12 +370,11 @@ pub(crate) fn conv(
         };
     }
     Ok(match (x, w) {
-        (Value::F32(p), Value::F32(q)) => Value::F32(conv_t(at, p, q, bget!(F32))?),
-        (Value::F64(p), Value::F64(q)) => Value::F64(conv_t(at, p, q, bget!(F64))?),
+        (Value::F32(p), Value::F32(q)) => Value::F32(k.run(p, q, bget!(F32))?),
+        (Value::F64(p), Value::F64(q)) => Value::F64(k.run(p, q, bget!(F64))?),
         (Value::F16(p), Value::F16(q)) => {
             let bb = bget!(F16).map(|a| a.mapv(|v| v.to_f32()));
-            let r = conv_t(
-                at,
+            let r = k.run(
                 &p.mapv(|v| v.to_f32()),
                 &q.mapv(|v| v.to_f32()),
                 bb.as_ref(),
@@ -351,8 +383,7 @@ pub(crate) fn conv(
         }
         (Value::BF16(p), Value::BF16(q)) => {
             let bb = bget!(BF16).map(|a| a.mapv(|v| v.to_f32()));
-            let r = conv_t(
-                at,
+            let r = k.run(
                 &p.mapv(|v| v.to_f32()),
                 &q.mapv(|v| v.to_f32()),
                 bb.as_ref(),
@@ -361,12 +392,22 @@ pub(crate) fn conv(
         }
         (p, q) => {
             return Err(format!(
-                "Conv: unsupported types {} and {}",
+                "{op}: unsupported types {} and {}",
                 p.dtype(),
                 q.dtype()
             ))
         }
     })
+}
+
+/// Conv.
+pub(crate) fn conv(
+    at: &ConvAttrs,
+    x: &Value,
+    w: &Value,
+    b: Option<&Value>,
+) -> Result<Value, String> {
+    dispatch_float("Conv", at, x, w, b)
 }
 
 fn conv_transpose_t<T: Float>(
@@ -540,46 +581,7 @@ pub(crate) fn conv_transpose(
     w: &Value,
     b: Option<&Value>,
 ) -> Result<Value, String> {
-    macro_rules! bget {
-        ($v:ident) => {
-            match b {
-                None => None,
-                Some(Value::$v(a)) => Some(a),
-                Some(o) => return Err(format!("bias has type {}, unlike X", o.dtype())),
-            }
-        };
-    }
-    Ok(match (x, w) {
-        (Value::F32(p), Value::F32(q)) => Value::F32(conv_transpose_t(at, p, q, bget!(F32))?),
-        (Value::F64(p), Value::F64(q)) => Value::F64(conv_transpose_t(at, p, q, bget!(F64))?),
-        (Value::F16(p), Value::F16(q)) => {
-            let bb = bget!(F16).map(|a| a.mapv(|v| v.to_f32()));
-            let r = conv_transpose_t(
-                at,
-                &p.mapv(|v| v.to_f32()),
-                &q.mapv(|v| v.to_f32()),
-                bb.as_ref(),
-            )?;
-            Value::F16(r.mapv(half::f16::from_f32))
-        }
-        (Value::BF16(p), Value::BF16(q)) => {
-            let bb = bget!(BF16).map(|a| a.mapv(|v| v.to_f32()));
-            let r = conv_transpose_t(
-                at,
-                &p.mapv(|v| v.to_f32()),
-                &q.mapv(|v| v.to_f32()),
-                bb.as_ref(),
-            )?;
-            Value::BF16(r.mapv(half::bf16::from_f32))
-        }
-        (p, q) => {
-            return Err(format!(
-                "ConvTranspose: unsupported types {} and {}",
-                p.dtype(),
-                q.dtype()
-            ))
-        }
-    })
+    dispatch_float("ConvTranspose", at, x, w, b)
 }
 
 /// Pooling flavor.

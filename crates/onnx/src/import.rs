@@ -580,8 +580,7 @@ impl Importer<'_> {
                 node: &label,
             };
             let (op, new_inputs) = legacy::convert(ctx, &op_type, attrs, inputs, &mut |b: &str| {
-                self.fresh += 1;
-                format!("{b}/pare_{}", self.fresh)
+                self.fresh_name(b)
             })
             .map_err(|e| match e {
                 legacy::ConvertError::Unsupported => OnnxError::UnsupportedOp {
