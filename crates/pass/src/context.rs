@@ -1,0 +1,166 @@
+//! Analyses, their cache, and the context a pass runs in.
+
+use crate::{PassError, Preserved, SampleSet};
+use indicatif::{ProgressBar, ProgressStyle};
+use pare_interp::Interpreter;
+use pare_ir::Graph;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A read-only fact about a graph, computed on demand and cached by type.
+///
+/// The cache drops an analysis after any pass that changed the graph unless the pass lists it
+/// in [`crate::PassReport::preserve`]. As a safety net the cache also recomputes an analysis
+/// whose graph has gained or lost nodes or values since it was computed; a pass that edits a
+/// graph and then asks for an analysis again within its own `run` should still call
+/// [`PassContext::invalidate`] itself, since in-place op edits are not detected.
+pub trait Analysis: Send + Sync + Sized + 'static {
+    /// Name used in errors and reports.
+    const NAME: &'static str;
+
+    /// Computes the analysis. May ask `cx` for other analyses.
+    fn compute(g: &Graph, cx: &mut PassContext) -> Result<Self, PassError>;
+}
+
+type Fingerprint = (usize, usize, usize);
+
+fn fingerprint(g: &Graph) -> Fingerprint {
+    (g.node_capacity(), g.value_capacity(), g.num_nodes())
+}
+
+/// What a pass sees besides the graph: cached analyses, calibration samples, thread count and
+/// whether to draw progress bars.
+pub struct PassContext {
+    cache: HashMap<TypeId, (Fingerprint, Arc<dyn Any + Send + Sync>)>,
+    samples: Option<Arc<SampleSet>>,
+    threads: usize,
+    progress: bool,
+    seed: u64,
+}
+
+impl Default for PassContext {
+    fn default() -> Self {
+        PassContext::new()
+    }
+}
+
+impl PassContext {
+    /// A context without calibration data, with all cores and no progress bars.
+    pub fn new() -> PassContext {
+        PassContext {
+            cache: HashMap::new(),
+            samples: None,
+            threads: 0,
+            progress: false,
+            seed: 0x5eed,
+        }
+    }
+
+    /// Sets the calibration samples.
+    pub fn with_samples(mut self, s: SampleSet) -> PassContext {
+        self.samples = Some(Arc::new(s));
+        self
+    }
+
+    /// Sets the thread count for interpreter runs (0 = all cores).
+    pub fn with_threads(mut self, n: usize) -> PassContext {
+        self.threads = n;
+        self
+    }
+
+    /// Turns progress bars on (the CLI does, on a terminal).
+    pub fn with_progress(mut self, on: bool) -> PassContext {
+        self.progress = on;
+        self
+    }
+
+    /// Sets the seed for passes that sample.
+    pub fn with_seed(mut self, seed: u64) -> PassContext {
+        self.seed = seed;
+        self
+    }
+
+    /// The seed for passes that sample.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Thread count (0 = all cores).
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The calibration samples, if any were given.
+    pub fn samples(&self) -> Option<&Arc<SampleSet>> {
+        self.samples.as_ref()
+    }
+
+    /// The calibration samples, or an error telling the user to pass `--calib` for `who`.
+    pub fn require_samples(&self, who: &str) -> Result<Arc<SampleSet>, PassError> {
+        self.samples.clone().ok_or_else(|| {
+            PassError::failed(
+                who,
+                "needs calibration data: give --calib DIR (test_data_set_N directories or \
+                 directories of <input name>.npy files)",
+            )
+        })
+    }
+
+    /// An interpreter with the context's thread count.
+    pub fn interpreter(&self) -> Interpreter {
+        Interpreter::with_threads(self.threads)
+    }
+
+    /// A progress bar of `len` steps (hidden unless progress is on).
+    pub fn progress_bar(&self, len: u64, message: &str) -> ProgressBar {
+        if !self.progress {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::new(len);
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed_precise}")
+        {
+            pb.set_style(style.progress_chars("=> "));
+        }
+        pb.set_message(message.to_string());
+        pb
+    }
+
+    /// Analysis `A` of `g`: the cached one when still valid, else computed now and cached.
+    pub fn analysis<A: Analysis>(&mut self, g: &Graph) -> Result<Arc<A>, PassError> {
+        let fp = fingerprint(g);
+        if let Some((f, a)) = self.cache.get(&TypeId::of::<A>()) {
+            if *f == fp {
+                if let Ok(a) = a.clone().downcast::<A>() {
+                    return Ok(a);
+                }
+            }
+        }
+        let a = Arc::new(A::compute(g, self)?);
+        self.cache.insert(TypeId::of::<A>(), (fp, a.clone()));
+        Ok(a)
+    }
+
+    /// Analysis `A` if it is cached (without computing it).
+    pub fn cached<A: Analysis>(&self) -> Option<Arc<A>> {
+        self.cache
+            .get(&TypeId::of::<A>())
+            .and_then(|(_, a)| a.clone().downcast::<A>().ok())
+    }
+
+    /// Drops every cached analysis not in `preserved`.
+    pub fn invalidate(&mut self, preserved: &Preserved) {
+        self.cache.retain(|t, _| preserved.keeps(*t));
+    }
+
+    /// Drops every cached analysis.
+    pub fn invalidate_all(&mut self) {
+        self.cache.clear();
+    }
+
+    /// Names of the cached analyses' types (for debugging).
+    pub fn num_cached(&self) -> usize {
+        self.cache.len()
+    }
+}
