@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Runs ONNX models with onnxruntime on ONNX test_data_set fixtures and checks the outputs.
 
-Usage: ort_check.py MODEL.onnx=FIXTURE_DIR [...]
-Each FIXTURE_DIR holds test_data_set_N/{input,output}_K.pb. Floats must agree within 1e-4 of
-the output's scale, integers exactly. Exits non-zero on any mismatch or error.
+Usage: ort_check.py [--rtol R] MODEL.onnx=FIXTURE_DIR [...]
+Each FIXTURE_DIR holds test_data_set_N/{input,output}_K.pb. Floats must agree within R (default
+1e-4) of the output's scale, integers exactly. Exits non-zero on any mismatch or error.
 """
 import glob
 import os
@@ -28,7 +28,12 @@ def load(dir_, prefix):
 
 def main():
     ok = True
-    for arg in sys.argv[1:]:
+    args = sys.argv[1:]
+    rtol = 1e-4
+    if len(args) >= 2 and args[0] == "--rtol":
+        rtol = float(args[1])
+        args = args[2:]
+    for arg in args:
         model, fixtures = arg.split("=", 1)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
@@ -48,7 +53,7 @@ def main():
                     scale = max(float(np.max(np.abs(e))) if e.size else 0.0, 1e-6)
                     err = float(np.max(np.abs(e.astype(np.float64) - g))) if e.size else 0.0
                     worst = max(worst, err / scale)
-                    if err > 1e-4 * scale:
+                    if err > rtol * scale:
                         print(f"FAIL {model} {ds} output {k}: max abs err {err:.3e} (scale {scale:.3e})")
                         ok = False
                 elif not np.array_equal(e, g):

@@ -3,6 +3,7 @@
 
 use pare_ir::{DType, Tensor};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -148,4 +149,87 @@ pub fn compare(expected: &Tensor, got: &Tensor, rtol: f64, atol: f64) -> Result<
         )),
         None => Ok(a),
     }
+}
+
+/// A real model and its onnxruntime fixtures.
+pub struct Case {
+    /// Name in tests/models/models.json.
+    pub name: String,
+    /// The ONNX file under .cache/models.
+    pub model: PathBuf,
+    /// tests/models/<name>, holding test_data_set_N directories.
+    pub fixtures: PathBuf,
+}
+
+/// Every real model of the manifest (panics with a hint when one is not fetched).
+pub fn cases() -> Vec<Case> {
+    let root = repo_root();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("tests/models/models.json")).expect("models.json"),
+    )
+    .expect("valid models.json");
+    manifest["models"]
+        .as_array()
+        .expect("models array")
+        .iter()
+        .map(|m| {
+            let name = m["name"].as_str().expect("name").to_string();
+            let model = root.join(".cache/models").join(format!("{name}.onnx"));
+            assert!(
+                model.is_file(),
+                "{} is missing: run python3 scripts/fetch_models.py",
+                model.display()
+            );
+            Case {
+                fixtures: root.join("tests/models").join(&name),
+                model,
+                name,
+            }
+        })
+        .collect()
+}
+
+/// Runs every fixture of a graph in the interpreter and checks it within 1e-4 of each output's
+/// scale (integers exactly); returns (worst max-abs / scale, worst cosine, seconds per run).
+pub fn check_fixtures(
+    name: &str,
+    g: &pare_ir::Graph,
+    fixtures: &std::path::Path,
+) -> (f64, f64, f64) {
+    let interp = pare_interp::Interpreter::new();
+    let (mut worst_rel, mut worst_cos, mut secs) = (0f64, 1f64, 0f64);
+    let sets = data_set_dirs(fixtures);
+    assert!(
+        !sets.is_empty(),
+        "{name}: no fixtures in {}",
+        fixtures.display()
+    );
+    for d in &sets {
+        let inputs: Vec<_> = read_data_set(d, "input_")
+            .expect("inputs")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let expected = read_data_set(d, "output_").expect("outputs");
+        let t0 = Instant::now();
+        let got = interp
+            .run(g, &inputs)
+            .unwrap_or_else(|e| panic!("{name} {}: {e}", d.display()));
+        secs += t0.elapsed().as_secs_f64();
+        assert_eq!(got.len(), expected.len(), "{name}: output count");
+        for ((oname, e), t) in expected.iter().zip(&got) {
+            let tol = if e.dtype().is_float() { 1e-4 } else { 0.0 };
+            // Absolute bound scaled by the output's magnitude.
+            let scale = e
+                .to_f64_vec()
+                .map(|v| v.iter().fold(0f64, |m, x| m.max(x.abs())))
+                .unwrap_or(1.0)
+                .max(1e-6);
+            let a = compare(e, t, 0.0, tol * scale)
+                .unwrap_or_else(|m| panic!("{name} {} output '{oname}': {m}", d.display()));
+            worst_rel = worst_rel.max(a.max_abs / scale);
+            worst_cos = worst_cos.min(a.cosine);
+        }
+    }
+    (worst_rel, worst_cos, secs / sets.len() as f64)
 }

@@ -1,6 +1,6 @@
 //! Loading model inputs from .npy files, .pb tensors and ONNX test_data_set directories.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use pare_ir::{Graph, Tensor};
 use std::path::{Path, PathBuf};
 
@@ -15,42 +15,12 @@ fn split_arg(arg: &str) -> (Option<&str>, &Path) {
 }
 
 fn read_tensor(path: &Path) -> Result<(Option<String>, Tensor)> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("npy") => {
-            let data =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let t = pare_ir::npy::from_npy(&data).with_context(|| format!("{}", path.display()))?;
-            Ok((None, t))
-        }
-        Some("pb") => {
-            let (name, t) = pare_onnx::read_tensor_pb(path)?;
-            Ok(((!name.is_empty()).then_some(name), t))
-        }
-        _ => bail!(
-            "{}: expected a .npy or .pb file, or a test_data_set directory",
-            path.display()
-        ),
-    }
+    Ok(pare_pass::samples::read_tensor(path)?)
 }
 
 /// The `input_K.pb` files of a test_data_set directory, in K order.
 pub fn data_set_files(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<(usize, PathBuf)> = Vec::new();
-    for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let p = e?.path();
-        let Some(stem) = p.file_name().and_then(|f| f.to_str()) else {
-            continue;
-        };
-        if let Some(k) = stem
-            .strip_prefix(prefix)
-            .and_then(|s| s.strip_suffix(".pb"))
-            .and_then(|s| s.parse().ok())
-        {
-            files.push((k, p));
-        }
-    }
-    files.sort();
-    Ok(files.into_iter().map(|(_, p)| p).collect())
+    Ok(pare_pass::samples::data_set_files(dir, prefix)?)
 }
 
 /// Resolves `--inputs` arguments to one tensor per graph input, in graph order.
@@ -117,15 +87,4 @@ pub fn load_inputs(g: &Graph, args: &[String]) -> Result<Vec<Tensor>> {
         .collect()
 }
 
-/// Output file stem: every character other than letters, digits, `.`, `_` and `-` becomes `_`.
-pub fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
+pub use pare_pass::samples::sanitize;

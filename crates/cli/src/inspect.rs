@@ -32,6 +32,14 @@ pub struct Bindings {
     inputs: HashMap<String, Vec<u64>>,
 }
 
+impl Bindings {
+    /// Binds a whole input shape.
+    pub fn bind_input(&mut self, name: &str, dims: &[usize]) {
+        self.inputs
+            .insert(name.to_string(), dims.iter().map(|&d| d as u64).collect());
+    }
+}
+
 /// Parses `SYMBOL=N` and `INPUT=AxBxC` bindings.
 pub fn parse_bindings(items: &[String]) -> Result<Bindings> {
     let mut b = Bindings::default();

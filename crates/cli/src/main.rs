@@ -1,8 +1,10 @@
 //! `pare`: an ahead-of-time compiler that compresses ONNX models and compiles them to native
 //! code. This binary is the command-line front end.
 
+mod eval;
 mod inputs;
 mod inspect;
+mod opt;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,16 @@ enum Cmd {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Run a pass pipeline on a model and write the result as ONNX, with a report.
+    Opt(opt::OptArgs),
+    /// List the passes and named pipelines with their options.
+    Passes {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare a candidate model's outputs with a reference's on the same inputs (JSON).
+    Eval(eval::EvalArgs),
     /// Print a model in pare's textual IR.
     Ir {
         /// ONNX model file.
@@ -55,6 +67,9 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(&a),
         Cmd::Ir { model, full } => print_ir(&model, full),
         Cmd::Export { model, output } => export(&model, &output),
+        Cmd::Opt(a) => opt::opt(&a),
+        Cmd::Passes { json } => opt::list_passes(json),
+        Cmd::Eval(a) => eval::eval(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,7 +36,7 @@ fn help_lists_commands() {
     let o = pare(&["--help"]);
     assert!(o.status.success());
     let t = text(&o);
-    for cmd in ["inspect", "run", "ir", "export"] {
+    for cmd in ["inspect", "run", "ir", "export", "opt", "passes", "eval"] {
         assert!(t.contains(cmd), "--help lacks {cmd}: {t}");
     }
 }
@@ -179,4 +179,111 @@ fn ir_prints_text_form() {
     let t = String::from_utf8_lossy(&o.stdout);
     assert!(t.starts_with("graph @"), "{}", &t[..t.len().min(200)]);
     assert!(t.contains("LSTM("), "LSTM missing");
+}
+
+#[test]
+fn opt_canonicalize_writes_a_model_and_reports_and_eval_compares() {
+    let m = model("ocr-cls");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("c.onnx");
+    let json = dir.path().join("r.json");
+    let md = dir.path().join("r.md");
+    let o = pare(&[
+        "opt",
+        m.to_str().unwrap(),
+        "--passes",
+        "canonicalize",
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        json.to_str().unwrap(),
+        "--report-md",
+        md.to_str().unwrap(),
+        "--verify-each",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("nodes"), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["pipeline"], "canonicalize");
+    let before = r["before"]["nodes"].as_u64().unwrap();
+    let after = r["after"]["nodes"].as_u64().unwrap();
+    assert!(after <= before && before > 0, "{before} -> {after}");
+    assert!(r["steps"][0]["steps"].as_array().unwrap().len() >= 5);
+    let mdtext = std::fs::read_to_string(&md).unwrap();
+    assert!(mdtext.contains("| before |") && mdtext.contains("fold-constants"));
+
+    let inputs = repo_root().join("tests/models/ocr-cls");
+    let o = pare(&[
+        "eval",
+        m.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+        "--max-rel-err",
+        "1e-5",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["samples"], 3);
+    let out0 = &v["outputs"][0];
+    for k in [
+        "max_abs_err",
+        "mean_abs_err",
+        "cosine_min",
+        "top1_agreement",
+        "kl_divergence",
+    ] {
+        assert!(out0.get(k).is_some(), "missing {k}: {v}");
+    }
+    assert_eq!(out0["top1_agreement"], 1.0);
+}
+
+#[test]
+fn opt_rejects_bad_pipelines_before_loading() {
+    let o = pare(&[
+        "opt",
+        "missing.onnx",
+        "--passes",
+        "canonicalize,nope",
+        "-o",
+        "/tmp/x.onnx",
+    ]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains("unknown pass 'nope'") && t.contains("fold-constants"),
+        "{t}"
+    );
+    let o = pare(&[
+        "opt",
+        "missing.onnx",
+        "--passes",
+        "dce(x=1",
+        "-o",
+        "/tmp/x.onnx",
+    ]);
+    assert!(
+        text(&o).contains("pipeline syntax error at column"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn passes_lists_the_registry() {
+    let o = pare(&["passes"]);
+    assert!(o.status.success());
+    let t = text(&o);
+    for p in [
+        "canonicalize",
+        "fold-constants",
+        "dce",
+        "cse",
+        "fuse-attention",
+    ] {
+        assert!(t.contains(p), "missing {p}: {t}");
+    }
+    let o = pare(&["passes", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert!(v.as_array().unwrap().len() >= 11);
 }

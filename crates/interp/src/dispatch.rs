@@ -1,7 +1,7 @@
 //! The op dispatcher: one arm per [`Op`] variant.
 
 use crate::{
-    cast, control, conv, elementwise as ew, matmul, norm, quant, reduce, resize, rnn,
+    attention, cast, control, conv, elementwise as ew, matmul, norm, quant, reduce, resize, rnn,
     shape_ops as sh, Interpreter, Value,
 };
 use pare_ir::Op;
@@ -160,6 +160,7 @@ pub(crate) fn eval_op(
             x.axis,
             a.req(0)?,
         )?),
+        Attention(at) => attention::attention(at, &a, nout),
         // Shape and data movement.
         Reshape(r) => one(sh::reshape(a.req(0)?, a.req(1)?, r.allowzero)?),
         Transpose(t) => one(sh::transpose(a.req(0)?, t.perm.as_deref())?),

@@ -39,6 +39,7 @@
 
 #[macro_use]
 mod value;
+mod attention;
 mod cast;
 mod control;
 mod conv;

@@ -142,6 +142,25 @@ pub fn node_flops(g: &Graph, n: NodeId) -> Option<u64> {
             numel(&out()?) * p.kernel_shape.iter().product::<i64>().max(1) as u64
         }
         Softmax(_) | LogSoftmax(_) | Hardmax(_) => 3 * numel(&inp(0)?),
+        Attention(at) => {
+            // Q·Kᵀ: numel(Q)·T multiply-adds; P·V: numel(Y)·T; softmax: 3 per score, with
+            // B·Hq·Sq·T scores (T = past + kv sequence length).
+            let q = inp(0)?;
+            let k = inp(1)?;
+            let (kv, head) = match (q.as_slice(), k.as_slice()) {
+                ([_, _, _, d], [_, _, t, _]) => (*t, *d),
+                ([_, _, hidden], [_, t, _]) => (*t, hidden / (at.q_num_heads? as u64).max(1)),
+                _ => return None,
+            };
+            let past = match dims(g, node.input(4)) {
+                Some(p) => *p.get(2)?,
+                None if node.input(4).is_some() => return None,
+                None => 0,
+            };
+            let total = kv + past;
+            let scores = numel(&q) / head.max(1) * total;
+            2 * numel(&q) * total + 2 * numel(&out()?) * total + 3 * scores
+        }
         LayerNormalization(_)
         | GroupNormalization(_)
         | InstanceNormalization(_)

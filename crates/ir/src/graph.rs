@@ -563,6 +563,17 @@ impl Graph {
         vmap
     }
 
+    /// Removes a constant that nobody reads (it becomes a tombstone, so the printer and the
+    /// exporter no longer see it); returns whether it did.
+    pub fn remove_const(&mut self, v: ValueId) -> bool {
+        let val = &mut self.values[v.index()];
+        if !matches!(val.def, ValueDef::Const(_)) || !val.uses.is_empty() {
+            return false;
+        }
+        val.def = ValueDef::Dead;
+        true
+    }
+
     /// Removes graph input `n` if it has no readers; returns whether it did.
     pub fn remove_unused_input(&mut self, n: usize) -> bool {
         let v = self.inputs[n];

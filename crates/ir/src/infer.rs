@@ -18,6 +18,7 @@
 //! inference when the other branch works: the outputs come from the branch that can run, or from
 //! the taken one when the condition is known.
 
+mod attention;
 mod control;
 mod conv;
 mod ctx;
@@ -28,7 +29,8 @@ mod shape_ops;
 mod values;
 
 use crate::{Dim, Graph, Op, Shape, Tensor, TensorType, ValueId};
-use ctx::{Ctx, SV};
+use ctx::Ctx;
+pub use ctx::SV;
 use std::collections::HashMap;
 
 /// Why inference failed, naming the node.
@@ -123,8 +125,24 @@ pub(crate) struct Seed {
     pub vals: Option<Vec<SV>>,
 }
 
+/// The integer elements that inference tracks at compile time (through `Shape`, `Gather`,
+/// `Concat`, `Slice`, arithmetic, ...) for each top-level node output that has them: integer
+/// or boolean values with a static shape of at most 1024 elements, in row-major order.
+/// Inference runs on a copy of `g`, which is left unchanged.
+pub fn tracked_values(g: &Graph) -> Result<HashMap<ValueId, Vec<SV>>, InferError> {
+    infer_graph_tracked(&mut g.clone(), &[])
+}
+
 /// [`infer_types`] with known values for some graph inputs (captured outer values).
 pub(crate) fn infer_graph(g: &mut Graph, seeds: &[(ValueId, Seed)]) -> Result<(), InferError> {
+    infer_graph_tracked(g, seeds).map(|_| ())
+}
+
+/// [`infer_graph`], returning the tracked values of the graph's node outputs.
+fn infer_graph_tracked(
+    g: &mut Graph,
+    seeds: &[(ValueId, Seed)],
+) -> Result<HashMap<ValueId, Vec<SV>>, InferError> {
     let order = g.topo_order().map_err(|e| InferError {
         node: e.first.clone(),
         op: String::new(),
@@ -182,7 +200,7 @@ pub(crate) fn infer_graph(g: &mut Graph, seeds: &[(ValueId, Seed)]) -> Result<()
             }
         }
     }
-    Ok(())
+    Ok(vals)
 }
 
 /// Forgets the types of node outputs (and of subgraph inputs), then runs [`infer_types`]:
@@ -280,6 +298,7 @@ fn infer_op(op: &Op, cx: &Ctx) -> ctx::R<Vec<TensorType>> {
         }
         ArgMax(a) | ArgMin(a) => shape_ops::arg(a.axis, a.keepdims, cx),
         Softmax(a) | LogSoftmax(a) | Hardmax(a) => conv::with_axis(a.axis, cx),
+        Attention(a) => attention::attention(a, cx),
         Reshape(a) => shape_ops::reshape(a.allowzero, cx),
         Transpose(a) => shape_ops::transpose(&a.perm, cx),
         Flatten(a) => shape_ops::flatten(a.axis, cx),

@@ -140,6 +140,11 @@ attrs!(/// OneHot.
     OneHotAttrs { axis: i64 = -1i64 });
 attrs!(/// NonMaxSuppression.
     NmsAttrs { center_point_box: i64 = 0i64 });
+attrs!(/// Attention (opset 23): scaled dot-product attention; `scale` absent means
+    /// `1/sqrt(head_size)`, `q_num_heads`/`kv_num_heads` are required for 3-D inputs.
+    AttentionAttrs { is_causal: bool = false, kv_num_heads: Option<i64>,
+        q_num_heads: Option<i64>, qk_matmul_output_mode: i64 = 0i64, scale: Option<f32>,
+        softcap: f32 = 0.0f32, softmax_precision: Option<i64> });
 
 /// Reference semantics of a user-defined op, so that inference and the interpreter can run it.
 pub trait CustomOpDef: Send + Sync + fmt::Debug {
@@ -271,6 +276,8 @@ define_ops! {
     ArgMax(ArgAttrs) = "ArgMax", ArgMin(ArgAttrs) = "ArgMin",
     Softmax(AxisAttrs) = "Softmax", LogSoftmax(AxisAttrs) = "LogSoftmax",
     Hardmax(AxisAttrs) = "Hardmax",
+    // Attention.
+    Attention(AttentionAttrs) = "Attention",
     // Shape and data movement.
     Reshape(ReshapeAttrs) = "Reshape", Transpose(TransposeAttrs) = "Transpose",
     Flatten(FlattenAttrs) = "Flatten", Squeeze = "Squeeze", Unsqueeze = "Unsqueeze",

@@ -72,6 +72,7 @@ pub fn arity(op: &Op) -> (usize, usize, usize, usize) {
         }
         ArgMax(_) | ArgMin(_) => (1, 1, 1, 1),
         Softmax(_) | LogSoftmax(_) | Hardmax(_) => (1, 1, 1, 1),
+        Attention(_) => (3, 7, 1, 4),
         Reshape(_) => (2, 2, 1, 1),
         Transpose(_) | Flatten(_) => (1, 1, 1, 1),
         Squeeze => (1, 2, 1, 1),
@@ -796,6 +797,32 @@ fn attr_check(op: &Op, num_inputs: usize, num_outputs: usize) -> Result<(), Stri
                 return Err(format!("block_size {} is negative", a.block_size));
             }
             Ok(())
+        }
+        Attention(a) => {
+            if !(0..=3).contains(&a.qk_matmul_output_mode) {
+                return Err(format!(
+                    "qk_matmul_output_mode {} must be 0, 1, 2 or 3",
+                    a.qk_matmul_output_mode
+                ));
+            }
+            for (name, h) in [("q_num_heads", a.q_num_heads), ("kv_num_heads", a.kv_num_heads)] {
+                if let Some(h) = h.filter(|&h| h < 1) {
+                    return Err(format!("{name} {h} must be >= 1"));
+                }
+            }
+            if let (Some(q), Some(kv)) = (a.q_num_heads, a.kv_num_heads) {
+                if kv >= 1 && q % kv != 0 {
+                    return Err(format!(
+                        "q_num_heads {q} is not a multiple of kv_num_heads {kv}"
+                    ));
+                }
+            }
+            match a.softmax_precision {
+                Some(p) if !matches!(p, 1 | 10 | 11 | 16) => Err(format!(
+                    "softmax_precision {p} is not a float data type (1, 10, 11 or 16)"
+                )),
+                _ => Ok(()),
+            }
         }
         DequantizeLinear(a) if a.block_size < 0 => {
             Err(format!("block_size {} is negative", a.block_size))

@@ -271,6 +271,11 @@ impl Exporter {
                 np.domain = Some(c.domain.clone());
                 self.domains.insert(c.domain.clone());
             }
+            if let Op::Attention(_) = &node.op {
+                // Attention is new in opset 23; its nonpad_kv_seqlen input in opset 24.
+                let since = if node.input(6).is_some() { 24 } else { 23 };
+                self.needs_opset = self.needs_opset.max(since);
+            }
             let subs = node.op.subgraphs();
             let ncap = subs.first().map(|s| s.num_captures()).unwrap_or(0);
             let nformal = node.inputs().len().saturating_sub(ncap);
@@ -337,6 +342,7 @@ fn is_optional_output(op: &Op) -> bool {
             | Op::Dropout(_)
             | Op::BatchNormalization(_)
             | Op::LayerNormalization(_)
+            | Op::Attention(_)
     )
 }
 

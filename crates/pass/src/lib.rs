@@ -26,7 +26,8 @@ pub mod samples;
 pub use context::{Analysis, PassContext};
 pub use error::PassError;
 pub use manager::{
-    check_graph, timing_table, GraphStats, Instrumentation, PassManager, PipelineReport, StepReport,
+    check_graph, timing_table, GraphStats, Instrumentation, Measure, PassManager, PipelineReport,
+    StepReport,
 };
 pub use pass::{Pass, PassReport, Preserved, TypeIdOrd};
 pub use registry::{

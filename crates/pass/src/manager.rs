@@ -6,6 +6,7 @@ use pare_ir::{Graph, PrintOptions};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What the manager does around each pass.
@@ -23,6 +24,19 @@ pub struct Instrumentation {
     pub repro_dir: Option<PathBuf>,
     /// Upper bound on repetitions of a fixpoint group.
     pub max_iterations: usize,
+    /// How the report measures a graph (default [`GraphStats::of`]); the CLI binds symbolic
+    /// dims here so FLOPs are known without fixing the output model's shapes.
+    pub measure: Option<Measure>,
+}
+
+/// A graph measurement function for reports.
+#[derive(Clone)]
+pub struct Measure(pub Arc<dyn Fn(&Graph) -> GraphStats + Send + Sync>);
+
+impl std::fmt::Debug for Measure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Measure(..)")
+    }
 }
 
 impl Default for Instrumentation {
@@ -34,6 +48,7 @@ impl Default for Instrumentation {
             time_passes: false,
             repro_dir: None,
             max_iterations: 8,
+            measure: None,
         }
     }
 }
@@ -147,7 +162,7 @@ impl PassManager {
         cx: &mut PassContext,
     ) -> Result<PipelineReport, PassError> {
         let t0 = Instant::now();
-        let before = GraphStats::of(g);
+        let before = self.measure(g);
         let mut steps = std::mem::take(&mut self.steps);
         let mut reports = Vec::new();
         let mut result = Ok(());
@@ -166,13 +181,20 @@ impl PassManager {
             pipeline: self.pipeline.clone(),
             time_ms: t0.elapsed().as_secs_f64() * 1e3,
             before,
-            after: GraphStats::of(g),
+            after: self.measure(g),
             steps: reports,
         };
         if self.instr.time_passes {
             eprint!("{}", timing_table(&report));
         }
         Ok(report)
+    }
+
+    fn measure(&self, g: &Graph) -> GraphStats {
+        match &self.instr.measure {
+            Some(m) => (m.0)(g),
+            None => GraphStats::of(g),
+        }
     }
 
     fn run_step(
@@ -183,7 +205,7 @@ impl PassManager {
     ) -> Result<StepReport, PassError> {
         match step {
             Step::Pass { spec, pass } => {
-                let before = GraphStats::of(g);
+                let before = self.measure(g);
                 let name = pass.name().to_string();
                 let snapshot = self.instr.repro_dir.as_ref().map(|_| g.clone());
                 if matches_list(&self.instr.print_before, &name, spec) {
@@ -227,7 +249,7 @@ impl PassManager {
                     stats: r.stats,
                     notes: r.notes,
                     before,
-                    after: GraphStats::of(g),
+                    after: self.measure(g),
                     steps: Vec::new(),
                 })
             }
@@ -236,7 +258,7 @@ impl PassManager {
                 steps,
                 fixpoint,
             } => {
-                let before = GraphStats::of(g);
+                let before = self.measure(g);
                 let t = Instant::now();
                 let mut subs: Vec<Option<StepReport>> = (0..steps.len()).map(|_| None).collect();
                 let mut changed_any = false;
@@ -282,7 +304,7 @@ impl PassManager {
                     stats,
                     notes,
                     before,
-                    after: GraphStats::of(g),
+                    after: self.measure(g),
                     steps: sub,
                 })
             }

@@ -11,7 +11,7 @@ pub(crate) const MAX_TRACKED: usize = 1024;
 /// A known (or partly known) integer element of a small tensor: shape computations such as
 /// `Shape → Gather → Concat → Reshape` carry symbolic dims through these.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum SV {
+pub enum SV {
     /// A known integer.
     Int(i64),
     /// A symbolic extent.
