@@ -17,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Claimed ops may only grow: raise this as ops are added.
-const MIN_CLAIMED: usize = 147;
+const MIN_CLAIMED: usize = 148;
 const RTOL: f64 = 1e-3;
 const ATOL: f64 = 1e-7;
 

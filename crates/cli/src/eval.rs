@@ -92,7 +92,8 @@ pub fn eval(a: &EvalArgs) -> Result<()> {
     };
     println!("{}", serde_json::to_string_pretty(&report)?);
     if let Some(limit) = a.max_rel_err {
-        if !(worst <= limit) {
+        let within = worst <= limit; // false for NaN too
+        if !within {
             bail!("max relative error {worst:e} exceeds --max-rel-err {limit:e}");
         }
     }

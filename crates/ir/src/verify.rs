@@ -805,7 +805,10 @@ fn attr_check(op: &Op, num_inputs: usize, num_outputs: usize) -> Result<(), Stri
                     a.qk_matmul_output_mode
                 ));
             }
-            for (name, h) in [("q_num_heads", a.q_num_heads), ("kv_num_heads", a.kv_num_heads)] {
+            for (name, h) in [
+                ("q_num_heads", a.q_num_heads),
+                ("kv_num_heads", a.kv_num_heads),
+            ] {
                 if let Some(h) = h.filter(|&h| h < 1) {
                     return Err(format!("{name} {h} must be >= 1"));
                 }

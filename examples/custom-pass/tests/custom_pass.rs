@@ -44,7 +44,7 @@ fn prunes_through_the_pipeline_syntax() {
         (0..32).map(|i| (i as f32 * 0.37).sin()).collect(),
     );
     let interp = pare_interp::Interpreter::new();
-    let a = interp.run(&original, &[x.clone()]).unwrap()[0]
+    let a = interp.run(&original, std::slice::from_ref(&x)).unwrap()[0]
         .to_vec::<f32>()
         .unwrap();
     let b = interp.run(&g, &[x]).unwrap()[0].to_vec::<f32>().unwrap();

@@ -20,7 +20,8 @@
 //! `Gelu(x)` resp. `Gelu(x) {approximate = "tanh"}`.
 //!
 //! **Needs.** A float `x`; one-element constants equal to √2, 1/√2, 1, 0.5, 3, 0.044715 and
-//! √(2/π) within 1e-6 relative (so 1.4142135 and 0.70710678 both match), none of them of
+//! √(2/π) within 1e-6 relative for f32/f64 (so 1.4142135 and 0.70710678 both match; 1e-3 for
+//! f16 and 8e-3 for bf16, whose nearest values are that far off), none of them of
 //! higher rank than `x` (a `[1,1]` constant would broadcast a vector to a matrix); every
 //! intermediate value read only inside the pattern (`x` may have other readers).
 //!
@@ -33,10 +34,24 @@
 
 use crate::util::*;
 use pare_ir::op::GeluAttrs;
-use pare_ir::{Graph, NodeId, Op, ValueId};
+use pare_ir::{DType, Graph, NodeId, Op, ValueId};
 use pare_pass::{Pass, PassContext, PassError, PassReport};
 
-const TOL: f64 = 1e-6;
+/// What the constants are compared with: x's rank (a constant may not exceed it) and the
+/// relative tolerance of x's dtype (1e-6 for f32/f64; half types store 1.4142135 as 1.4140625).
+#[derive(Clone, Copy)]
+struct X {
+    rank: Option<usize>,
+    tol: f64,
+}
+
+fn tolerance(d: DType) -> f64 {
+    match d {
+        DType::F16 => 1e-3,
+        DType::BF16 => 8e-3,
+        _ => 1e-6,
+    }
+}
 
 /// The `fuse-gelu` pass.
 #[derive(Default)]
@@ -98,23 +113,19 @@ fn scaled_by(g: &Graph, n: NodeId, v: ValueId, rank: Option<usize>, div: bool) -
 }
 
 /// The node reading `v` (its only reader) when it is `Add(v, 1)`.
-fn plus_one(g: &Graph, v: ValueId, rank: Option<usize>) -> Option<NodeId> {
+fn plus_one(g: &Graph, v: ValueId, x: X) -> Option<NodeId> {
     let add = only_user(g, v)?;
     if !matches!(g.node(add).op, Op::Add) {
         return None;
     }
     let c = other_operand(g, add, v)?;
-    (c != v && close(scalar_for(g, c, rank)?, 1.0, TOL)).then_some(add)
+    (c != v && close(scalar_for(g, c, x.rank)?, 1.0, x.tol)).then_some(add)
 }
 
 /// `y = 0.5·x·a` in one of its product orders: `(y, tail nodes)`.
-fn half_x_times(
-    g: &Graph,
-    x: ValueId,
-    a: ValueId,
-    rank: Option<usize>,
-) -> Option<(ValueId, Vec<NodeId>)> {
-    let half = |c: Option<f64>| c.is_some_and(|c| close(c, 0.5, TOL));
+fn half_x_times(g: &Graph, x: ValueId, a: ValueId, xk: X) -> Option<(ValueId, Vec<NodeId>)> {
+    let rank = xk.rank;
+    let half = |c: Option<f64>| c.is_some_and(|c| close(c, 0.5, xk.tol));
     let u = only_user(g, a)?;
     if !matches!(g.node(u).op, Op::Mul) {
         return None;
@@ -171,8 +182,12 @@ fn finish(
     Some(())
 }
 
-fn float_input(g: &Graph, x: ValueId) -> Option<Option<usize>> {
-    is_float(dtype(g, x)?).then(|| rank(g, x))
+fn float_input(g: &Graph, x: ValueId) -> Option<X> {
+    let d = dtype(g, x)?;
+    is_float(d).then(|| X {
+        rank: rank(g, x),
+        tol: tolerance(d),
+    })
 }
 
 fn fuse_erf(g: &mut Graph, erf: NodeId) -> Option<()> {
@@ -184,26 +199,26 @@ fn fuse_erf(g: &mut Graph, erf: NodeId) -> Option<()> {
     // x / √2 or x · (1/√2): find x as the non-constant operand.
     let (p, q) = binary(g, scale)?;
     let x = if g.constant(p).is_none() { p } else { q };
-    let rank = float_input(g, x)?;
-    let s = scaled_by(g, scale, x, rank, true)?;
-    if !close(s, std::f64::consts::FRAC_1_SQRT_2, TOL) {
+    let xk = float_input(g, x)?;
+    let s = scaled_by(g, scale, x, xk.rank, true)?;
+    if !close(s, std::f64::consts::FRAC_1_SQRT_2, xk.tol) {
         return None;
     }
-    let add = plus_one(g, out0(g, erf)?, rank)?;
+    let add = plus_one(g, out0(g, erf)?, xk)?;
     let a = out0(g, add)?;
-    let (y, tail) = half_x_times(g, x, a, rank)?;
+    let (y, tail) = half_x_times(g, x, a, xk)?;
     let mut nodes = vec![scale, erf, add];
     nodes.extend(tail);
     finish(g, x, y, "none", &nodes)
 }
 
 /// `x³` as Pow(x, 3), Mul(x, Mul(x, x)) or Mul(Mul(x, x), x): the nodes.
-fn cube_of(g: &Graph, c: ValueId, x: ValueId, rank: Option<usize>) -> Option<Vec<NodeId>> {
+fn cube_of(g: &Graph, c: ValueId, x: ValueId, xk: X) -> Option<Vec<NodeId>> {
     let n = producer(g, c)?;
     match g.node(n).op {
         Op::Pow => {
             let (b, e) = binary(g, n)?;
-            (b == x && e != x && close(scalar_for(g, e, rank)?, 3.0, TOL)).then(|| vec![n])
+            (b == x && e != x && close(scalar_for(g, e, xk.rank)?, 3.0, xk.tol)).then(|| vec![n])
         }
         Op::Mul => {
             let sq = other_operand(g, n, x)?;
@@ -239,9 +254,10 @@ fn fuse_tanh(g: &mut Graph, th: NodeId) -> Option<()> {
     let (p, q) = binary(g, sa)?;
     // s = x + 0.044715·x³ with the operands in either order.
     for (x, c) in [(p, q), (q, p)] {
-        let Some(rank) = float_input(g, x) else {
+        let Some(xk) = float_input(g, x) else {
             continue;
         };
+        let rank = xk.rank;
         if x == c || !single_use(g, c) {
             continue;
         }
@@ -255,19 +271,19 @@ fn fuse_tanh(g: &mut Graph, th: NodeId) -> Option<()> {
         };
         let cube = if g.constant(m0).is_none() { m0 } else { m1 };
         let k = scaled_by(g, mc, cube, rank, false);
-        if !k.is_some_and(|k| close(k, 0.044715, TOL)) || !single_use(g, cube) {
+        if !k.is_some_and(|k| close(k, 0.044715, xk.tol)) || !single_use(g, cube) {
             continue;
         }
-        let Some(cube_nodes) = cube_of(g, cube, x, rank) else {
+        let Some(cube_nodes) = cube_of(g, cube, x, xk) else {
             continue;
         };
         let c1 = scaled_by(g, mu, s, rank, false)?;
-        if !close(c1, (2.0 / std::f64::consts::PI).sqrt(), TOL) {
+        if !close(c1, (2.0 / std::f64::consts::PI).sqrt(), xk.tol) {
             return None;
         }
-        let add = plus_one(g, out0(g, th)?, rank)?;
+        let add = plus_one(g, out0(g, th)?, xk)?;
         let a = out0(g, add)?;
-        let (y, tail) = half_x_times(g, x, a, rank)?;
+        let (y, tail) = half_x_times(g, x, a, xk)?;
         let mut nodes = cube_nodes;
         nodes.extend([mc, sa, mu, th, add]);
         nodes.extend(tail);

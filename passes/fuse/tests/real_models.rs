@@ -8,7 +8,6 @@
 use pare_pass::{run_pipeline, PassContext, Registry};
 use pare_tests::{compare, read_data_set, repo_root};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 const PASSES: [&str; 5] = [
     "fold-batchnorm",
@@ -206,61 +205,4 @@ fn dump() {
         elide_constants_above: Some(16),
     };
     println!("{}", pare_ir::print_graph(&model.graph, &opts));
-}
-
-/// The fused models, exported, run in onnxruntime (1 thread, its graph optimizations off, like
-/// the fixtures) and reproduce the fixtures within 1e-5 of each output's scale, or within
-/// onnxruntime's own distance from them when it optimizes the original model itself
-/// (integers exactly). Skipped when python3 with onnxruntime is not available.
-#[test]
-fn fused_models_run_in_onnxruntime() {
-    let have_ort = std::process::Command::new("python3")
-        .args(["-c", "import onnxruntime, onnx, numpy"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have_ort {
-        eprintln!("skipped: python3 with onnxruntime is not available");
-        return;
-    }
-    let reg = registry();
-    let root = repo_root();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    // PARE_KEEP_FUSED=DIR keeps the exported models (for scripts/ort_check.py and friends).
-    let dir =
-        std::env::var_os("PARE_KEEP_FUSED").map_or_else(|| tmp.path().to_path_buf(), PathBuf::from);
-    let mut args = vec!["1e-5".to_string()];
-    for name in model_names() {
-        let path = root.join(".cache/models").join(format!("{name}.onnx"));
-        let fixtures = root.join("tests/models").join(&name);
-        if !path.is_file() || !fixtures.is_dir() {
-            eprintln!("{name}: skipped (not fetched)");
-            continue;
-        }
-        let mut g = pare_onnx::load_model(&path, &Default::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-            .graph;
-        let r = run_pipeline(&reg, &PASSES.join(","), &mut g, &mut PassContext::new())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if r.steps.iter().all(|s| !s.changed) {
-            continue;
-        }
-        let out = dir.join(format!("{name}.fused.onnx"));
-        pare_onnx::save_model(&g, &out, &Default::default()).expect("save");
-        args.push(format!(
-            "{}={}={}",
-            out.display(),
-            fixtures.display(),
-            path.display()
-        ));
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ort_compare.py");
-    let status = std::process::Command::new("python3")
-        .arg(script)
-        .args(&args)
-        .status()
-        .expect("python3 runs");
-    assert!(
-        status.success(),
-        "onnxruntime on the fused models does not match the fixtures"
-    );
 }
