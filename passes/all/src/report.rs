@@ -4,7 +4,7 @@
 
 use pare_analysis::{CalibStats, CouplingGroups};
 use pare_ir::Graph;
-use pare_pass::analyses::CostAnalysis;
+use pare_pass::analyses::{CostAnalysis, MemoryPlan};
 use pare_pass::{Pass, PassContext, PassError, PassReport};
 
 /// `calibrate`: computes [`CalibStats`] (needs `--calib`) and reports its size.
@@ -59,7 +59,8 @@ impl Pass for Coupling {
     }
 }
 
-/// `cost`: computes the cost model and reports activation memory.
+/// `cost`: computes the cost model and reports activation memory and, for static shapes, the
+/// static memory plan's arena size.
 #[derive(Default)]
 pub struct Cost;
 
@@ -84,6 +85,20 @@ impl Pass for Cost {
             c.peak_activation_bytes,
             c.unknown_size_values
         ));
+        match cx.analysis::<MemoryPlan>(g) {
+            Ok(p) => {
+                r.add_stat("arena-bytes", p.arena_bytes);
+                r.note(format!(
+                    "static memory plan: arena {} bytes for {} intermediates ({} bytes without \
+                     reuse, live peak {} bytes)",
+                    p.arena_bytes,
+                    p.buffers.len(),
+                    p.total_bytes,
+                    p.peak_live_bytes
+                ));
+            }
+            Err(e) => r.note(format!("no static memory plan: {e}")),
+        }
         Ok(r)
     }
 }

@@ -4,4 +4,6 @@
 //! model is here because every pipeline report uses it.
 
 mod cost;
-pub use cost::{CostAnalysis, NodeCost};
+mod memory;
+pub use cost::{value_bytes, CostAnalysis, NodeCost};
+pub use memory::{Buffer, MemoryPlan, ALIGN};
