@@ -15,7 +15,8 @@ pub struct EvalArgs {
     /// The candidate ONNX model (e.g. the compressed one).
     candidate: PathBuf,
     /// Inputs: a directory of test_data_set_N directories (input_K.pb) or of directories of
-    /// <input name>.npy files, or one such sample directory. Repeatable.
+    /// <input name>.npy files, or of .npz files (one sample each); or one sample directory or
+    /// .npz file. Repeatable.
     #[arg(long, num_args = 1.., required = true, value_name = "DIR")]
     inputs: Vec<PathBuf>,
     /// Interpreter threads (0 = all cores).

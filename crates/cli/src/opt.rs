@@ -25,7 +25,8 @@ pub struct OptArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Calibration data: a directory of test_data_set_N directories (input_K.pb) or of
-    /// directories of <input name>.npy files; or one such sample directory. Repeatable.
+    /// directories of <input name>.npy files, or of .npz files (one sample each); or one sample
+    /// directory or .npz file. Repeatable.
     #[arg(long, value_name = "DIR")]
     calib: Vec<PathBuf>,
     /// Write the pipeline report as JSON.

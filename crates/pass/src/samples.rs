@@ -1,5 +1,6 @@
 //! Sample inputs for calibration and evaluation: ONNX `test_data_set_N` directories
-//! (`input_K.pb`) or directories of `<input name>.npy` files, one directory per sample.
+//! (`input_K.pb`), directories of `<input name>.npy` files (one directory per sample), or
+//! `.npz` files (numpy `savez`/`savez_compressed`, arrays named by input; one file per sample).
 
 use crate::PassError;
 use pare_ir::{Graph, Tensor};
@@ -131,6 +132,48 @@ pub fn load_sample(g: &Graph, dir: &Path) -> Result<Sample, PassError> {
     })
 }
 
+/// Loads one `.npz` sample: an array per graph input, named by the input's name (or its
+/// sanitized form).
+pub fn load_npz(g: &Graph, path: &Path) -> Result<Sample, PassError> {
+    let file = std::fs::File::open(path).map_err(|e| data_err(path, e.to_string()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| data_err(path, e.to_string()))?;
+    let mut inputs = Vec::new();
+    for n in input_names(g) {
+        let candidates = [format!("{n}.npy"), format!("{}.npy", sanitize(&n))];
+        let Some(entry) = candidates
+            .iter()
+            .find(|c| zip.index_for_name(c).is_some())
+            .cloned()
+        else {
+            let have: Vec<String> = zip.file_names().map(str::to_string).collect();
+            return Err(data_err(
+                path,
+                format!(
+                    "no array for model input '{n}' (arrays: {})",
+                    have.join(", ")
+                ),
+            ));
+        };
+        let mut f = zip
+            .by_name(&entry)
+            .map_err(|e| data_err(path, e.to_string()))?;
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut data)
+            .map_err(|e| data_err(path, format!("{entry}: {e}")))?;
+        let t =
+            pare_ir::npy::from_npy(&data).map_err(|e| data_err(path, format!("{entry}: {e}")))?;
+        inputs.push(t);
+    }
+    Ok(Sample {
+        origin: path.to_path_buf(),
+        inputs,
+    })
+}
+
+fn is_npz(p: &Path) -> bool {
+    p.is_file() && p.extension().is_some_and(|x| x == "npz")
+}
+
 fn is_sample_dir(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -143,8 +186,9 @@ fn is_sample_dir(dir: &Path) -> bool {
 }
 
 impl SampleSet {
-    /// Loads samples for `g` from `dir`: the directory itself when it holds tensors, else each
-    /// of its subdirectories that does (sorted by name, so `test_data_set_0`, `_1`, ...).
+    /// Loads samples for `g` from `dir`: a `.npz` file; the directory itself when it holds
+    /// tensors; else each of its subdirectories that does (sorted by name, so
+    /// `test_data_set_0`, `_1`, ...); else each `.npz` file in it.
     pub fn load(g: &Graph, dir: &Path) -> Result<SampleSet, PassError> {
         let mut set = SampleSet {
             input_names: input_names(g),
@@ -156,8 +200,12 @@ impl SampleSet {
 
     /// Adds the samples under `dir` (see [`SampleSet::load`]).
     pub fn add_dir(&mut self, g: &Graph, dir: &Path) -> Result<(), PassError> {
+        if is_npz(dir) {
+            self.samples.push(load_npz(g, dir)?);
+            return Ok(());
+        }
         if !dir.is_dir() {
-            return Err(data_err(dir, "not a directory"));
+            return Err(data_err(dir, "not a directory or .npz file"));
         }
         if is_sample_dir(dir) {
             self.samples.push(load_sample(g, dir)?);
@@ -171,10 +219,23 @@ impl SampleSet {
             .collect();
         subs.sort();
         if subs.is_empty() {
+            let mut npz: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| data_err(dir, e.to_string()))?
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| is_npz(p))
+                .collect();
+            npz.sort();
+            for p in &npz {
+                self.samples.push(load_npz(g, p)?);
+            }
+            if !npz.is_empty() {
+                return Ok(());
+            }
             return Err(data_err(
                 dir,
-                "no samples: expected test_data_set_N directories (input_K.pb) or directories \
-                 of <input name>.npy files",
+                "no samples: expected test_data_set_N directories (input_K.pb), directories \
+                 of <input name>.npy files, or .npz files",
             ));
         }
         for s in subs {
@@ -205,4 +266,61 @@ pub fn sanitize(name: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_npz(path: &Path, arrays: &[(&str, Tensor)], deflate: bool) {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        let method = if deflate {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        for (name, t) in arrays {
+            z.start_file(format!("{name}.npy"), opts).unwrap();
+            z.write_all(&pare_ir::npy::to_npy(t).unwrap()).unwrap();
+        }
+        z.finish().unwrap();
+    }
+
+    #[test]
+    fn npz_files_are_samples() {
+        let g = pare_ir::parse_graph(
+            "graph @g(%x: f32[2], %\"a:b\": i64[1]) -> (%y) {\n  %y = Relu(%x) : f32[2]\n}",
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let x = Tensor::from_vec(vec![2], vec![1.0f32, -2.0]);
+        let ab = Tensor::from_vec(vec![1], vec![7i64]);
+        write_npz(
+            &dir.path().join("s0.npz"),
+            &[("x", x.clone()), ("a_b", ab.clone())],
+            false,
+        );
+        write_npz(
+            &dir.path().join("s1.npz"),
+            &[("a:b", ab.clone()), ("x", x.clone())],
+            true,
+        );
+        let s = SampleSet::load(&g, dir.path()).unwrap();
+        assert_eq!(s.len(), 2);
+        for smp in &s.samples {
+            assert_eq!(smp.inputs, vec![x.clone(), ab.clone()]);
+        }
+        let one = SampleSet::load(&g, &dir.path().join("s1.npz")).unwrap();
+        assert_eq!(one.len(), 1);
+        write_npz(&dir.path().join("bad.npz"), &[("x", x)], false);
+        let e = SampleSet::load(&g, &dir.path().join("bad.npz"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no array for model input 'a:b'") && e.contains("x.npy"),
+            "{e}"
+        );
+    }
 }
