@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use pare_ir::{cost, Dim, Graph, Shape, TensorType};
+use pare_ir::{cost, Dim, Graph, TensorType};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -65,55 +65,7 @@ pub fn bind_symbols(g: &mut Graph, b: &Bindings) -> Result<()> {
     if b.symbols.is_empty() && b.inputs.is_empty() {
         return Ok(());
     }
-    let names: Vec<String> = g
-        .inputs()
-        .iter()
-        .map(|&v| g.value(v).name.clone())
-        .collect();
-    if let Some(k) = b.inputs.keys().find(|k| !names.contains(k)) {
-        bail!(
-            "--shape {k}=...: the model has no input named '{k}' (inputs: {})",
-            names.join(", ")
-        );
-    }
-    for v in g.inputs().to_vec() {
-        let ty = g.value(v).ty.clone();
-        let name = g.value(v).name.clone();
-        let shape = match (b.inputs.get(&name), ty.shape) {
-            (Some(fixed), s) => {
-                if let Some(s) = s.filter(|s| s.rank() != fixed.len()) {
-                    bail!(
-                        "--shape {name}=...: input '{name}' has rank {}, {} dims given",
-                        s.rank(),
-                        fixed.len()
-                    );
-                }
-                Shape(fixed.iter().map(|&n| Dim::Fixed(n)).collect())
-            }
-            (None, Some(s)) => Shape(
-                s.0.into_iter()
-                    .map(|d| match d {
-                        Dim::Sym(sym) => b
-                            .symbols
-                            .get(&sym)
-                            .map(|&n| Dim::Fixed(n))
-                            .unwrap_or(Dim::Sym(sym)),
-                        d => d,
-                    })
-                    .collect(),
-            ),
-            (None, None) => continue,
-        };
-        g.set_type(
-            v,
-            TensorType {
-                dtype: ty.dtype,
-                shape: Some(shape),
-            },
-        );
-    }
-    pare_ir::infer::reinfer_types(g)?;
-    Ok(())
+    pare_ir::infer::bind_dims(g, &b.symbols, &b.inputs).map_err(|e| anyhow::anyhow!("--shape: {e}"))
 }
 
 fn histogram(g: &Graph, out: &mut BTreeMap<String, usize>) {

@@ -377,3 +377,78 @@ pub(crate) fn state_count(
 pub(crate) fn rnn_directions(direction: &str) -> Result<u64, String> {
     rnn::num_directions(direction)
 }
+
+/// Fixes the graph's input dimensions and re-infers every type: each symbolic dim named in
+/// `symbols` becomes that size, and each input named in `input_shapes` gets that whole shape
+/// (which must have the input's rank and agree with its fixed dims). This specializes a graph
+/// to static shapes, for a backend or for counting FLOPs.
+pub fn bind_dims(
+    g: &mut Graph,
+    symbols: &HashMap<String, u64>,
+    input_shapes: &HashMap<String, Vec<u64>>,
+) -> Result<(), InferError> {
+    let err = |name: &str, msg: String| InferError {
+        node: name.to_string(),
+        op: "graph input".into(),
+        msg,
+    };
+    let names: Vec<String> = g
+        .inputs()
+        .iter()
+        .map(|&v| g.value(v).name.clone())
+        .collect();
+    if let Some(k) = input_shapes.keys().find(|k| !names.contains(k)) {
+        return Err(err(
+            k,
+            format!(
+                "the graph has no input named '{k}' (inputs: {})",
+                names.join(", ")
+            ),
+        ));
+    }
+    for v in g.inputs().to_vec() {
+        let ty = g.value(v).ty.clone();
+        let name = g.value(v).name.clone();
+        let shape = match (input_shapes.get(&name), ty.shape) {
+            (Some(fixed), s) => {
+                if let Some(s) = s {
+                    if s.rank() != fixed.len() {
+                        return Err(err(
+                            &name,
+                            format!("has rank {}, {} dims given", s.rank(), fixed.len()),
+                        ));
+                    }
+                    for (i, (d, &n)) in s.0.iter().zip(fixed).enumerate() {
+                        if matches!(d, Dim::Fixed(m) if *m != n) {
+                            return Err(err(
+                                &name,
+                                format!("dim {i} is {d}, cannot bind it to {n}"),
+                            ));
+                        }
+                    }
+                }
+                Shape(fixed.iter().map(|&n| Dim::Fixed(n)).collect())
+            }
+            (None, Some(s)) => Shape(
+                s.0.into_iter()
+                    .map(|d| match d {
+                        Dim::Sym(sym) => symbols
+                            .get(&sym)
+                            .map(|&n| Dim::Fixed(n))
+                            .unwrap_or(Dim::Sym(sym)),
+                        d => d,
+                    })
+                    .collect(),
+            ),
+            (None, None) => continue,
+        };
+        g.set_type(
+            v,
+            TensorType {
+                dtype: ty.dtype,
+                shape: Some(shape),
+            },
+        );
+    }
+    reinfer_types(g)
+}

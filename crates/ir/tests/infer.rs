@@ -1767,3 +1767,33 @@ fn never_panics_on_garbage() {
     }
     assert!(failures.is_empty(), "panics:\n{}", failures.join("\n"));
 }
+
+#[test]
+fn bind_dims_specializes_symbols_and_whole_inputs() {
+    use std::collections::HashMap;
+    let src = "graph @g(%x: f32[N,3], %y: f32[?,4]) -> (%z, %w) {
+      %z = Relu(%x) : f32[N,3]
+      %w = Relu(%y) : f32[?,4]
+    }";
+    let mut g = pare_ir::parse_graph(src).unwrap();
+    let syms = HashMap::from([("N".to_string(), 2u64)]);
+    let shapes = HashMap::from([("y".to_string(), vec![5u64, 4])]);
+    pare_ir::infer::bind_dims(&mut g, &syms, &shapes).unwrap();
+    let out: Vec<String> = g
+        .outputs()
+        .iter()
+        .map(|&v| g.value(v).ty.to_string())
+        .collect();
+    assert_eq!(out, ["f32[2,3]", "f32[5,4]"]);
+    let mut g = pare_ir::parse_graph(src).unwrap();
+    let bad = HashMap::from([("y".to_string(), vec![5u64, 3])]);
+    let e = pare_ir::infer::bind_dims(&mut g, &syms, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'y'") && e.contains("dim 1 is 4"), "{e}");
+    let bad = HashMap::from([("q".to_string(), vec![1u64])]);
+    let e = pare_ir::infer::bind_dims(&mut g, &syms, &bad)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no input named 'q'"), "{e}");
+}
