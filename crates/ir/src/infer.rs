@@ -32,6 +32,7 @@ use crate::{Dim, Graph, Op, Shape, Tensor, TensorType, ValueId};
 use ctx::Ctx;
 pub use ctx::SV;
 use std::collections::HashMap;
+pub use values::slice_indices;
 
 /// Why inference failed, naming the node.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -383,25 +383,5 @@ fn expand_target(x: ValueId, xs: &pare_ir::Shape, srcs: &[Src]) -> Option<Vec<i6
 
 /// The indices `start:end:step` selects from `len` elements (ONNX Slice clamping rules).
 fn slice_1d(len: usize, start: i64, end: i64, step: i64) -> Option<Vec<usize>> {
-    let d = i64::try_from(len).ok()?;
-    if step == 0 {
-        return None;
-    }
-    let norm = |v: i64| if v < 0 { v.saturating_add(d) } else { v };
-    let (s, e) = (norm(start), norm(end));
-    let mut out = Vec::new();
-    if step > 0 {
-        let (mut i, e) = (s.clamp(0, d), e.clamp(0, d));
-        while i < e {
-            out.push(i as usize);
-            i = i.checked_add(step)?;
-        }
-    } else if d > 0 {
-        let (mut i, e) = (s.clamp(0, d - 1), e.clamp(-1, d - 1));
-        while i > e {
-            out.push(i as usize);
-            i = i.checked_add(step)?;
-        }
-    }
-    Some(out)
+    pare_ir::infer::slice_indices(i64::try_from(len).ok()?, start, end, step)
 }

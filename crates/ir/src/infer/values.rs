@@ -314,8 +314,9 @@ fn select(data: &[SV], shape: &[usize], idx: &[Vec<usize>]) -> Option<Vec<SV>> {
     Some(out)
 }
 
-/// The indices `start:end:step` selects on an extent `d` (ONNX clamping rules).
-fn slice_indices(d: i64, start: i64, end: i64, step: i64) -> Option<Vec<usize>> {
+/// The indices `start:end:step` selects on an extent `d` (ONNX Slice clamping rules); `None`
+/// for a zero step or an index overflow.
+pub fn slice_indices(d: i64, start: i64, end: i64, step: i64) -> Option<Vec<usize>> {
     if step == 0 {
         return None;
     }
