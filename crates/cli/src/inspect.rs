@@ -28,8 +28,8 @@ pub struct InspectArgs {
 /// Dimension bindings: symbol values and whole input shapes.
 #[derive(Default)]
 pub struct Bindings {
-    symbols: HashMap<String, u64>,
-    inputs: HashMap<String, Vec<u64>>,
+    pub(crate) symbols: HashMap<String, u64>,
+    pub(crate) inputs: HashMap<String, Vec<u64>>,
 }
 
 impl Bindings {

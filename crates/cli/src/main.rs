@@ -1,6 +1,7 @@
 //! `pare`: an ahead-of-time compiler that compresses ONNX models and compiles them to native
 //! code. This binary is the command-line front end.
 
+mod compile;
 mod eval;
 mod inputs;
 mod inspect;
@@ -48,6 +49,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a model to a native executable, shared/static library or object (LLVM, this CPU).
+    Compile(compile::CompileArgs),
     /// Compare a candidate model's outputs with a reference's on the same inputs (JSON).
     Eval(eval::EvalArgs),
     /// Print a model in pare's textual IR.
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Cmd::Opt(a) => opt::opt(&a),
         Cmd::Passes { json } => opt::list_passes(json),
         Cmd::Eval(a) => eval::eval(&a),
+        Cmd::Compile(a) => compile::compile(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,228 @@
+//! # pare-backend-llvm: graphs to native code
+//!
+//! [`compile`] takes a graph, specializes it to static shapes, canonicalizes it, builds an
+//! execution [`plan::Plan`] (runtime kernel calls plus fused elementwise loops over a statically
+//! planned arena) and lowers the plan to an LLVM module ([`codegen`]). [`artifact`] turns the
+//! module into an object, a static archive, a shared library, an executable or LLVM IR text,
+//! linking the pare-runtime static library that is embedded in this crate ([`RUNTIME_LIB`]).
+//!
+//! ## Why kernels in a Rust runtime plus generated glue
+//!
+//! GEMM, convolution, pooling, normalization, attention and data movement are written once,
+//! tuned and tested in `pare-runtime` (with the AVX2/FMA micro-kernels selected at run time);
+//! the generated code is specialized to the model: every shape, stride, offset and parameter is
+//! a constant, weights are pre-packed into the kernels' layouts at compile time and stored as
+//! read-only data, activations live at fixed offsets in one arena, and chains of elementwise ops
+//! are generated as fused, vectorized LLVM loops (or folded into the producing GEMM/convolution
+//! epilogue). See docs/architecture.md.
+
+#![deny(missing_docs)]
+
+pub mod artifact;
+pub mod codegen;
+pub mod fused;
+pub mod lower;
+pub mod plan;
+
+pub use artifact::{emit_artifact, Emit, Target};
+
+use std::collections::HashMap;
+
+/// The pare-runtime static library, built for the host by build.rs.
+pub static RUNTIME_LIB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/libpare_runtime.a"));
+
+/// Errors of the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// A value without a static shape after binding.
+    #[error("value '{value}' has no static shape ({ty}); give the missing sizes with --shape (e.g. --shape batch=1,seq=128)")]
+    Dynamic {
+        /// Value name.
+        value: String,
+        /// What is known.
+        ty: String,
+    },
+    /// Symbolic input dimensions nobody bound.
+    #[error("input '{input}' has symbolic dimension(s) {dims}; compile needs static shapes: pass --shape {example}")]
+    Unbound {
+        /// Input name.
+        input: String,
+        /// The unbound dims.
+        dims: String,
+        /// An example flag value.
+        example: String,
+    },
+    /// A node the backend cannot compile.
+    #[error("node '{node}' ({op}): {why}")]
+    UnsupportedNode {
+        /// Node name.
+        node: String,
+        /// Op name.
+        op: String,
+        /// Why.
+        why: String,
+    },
+    /// Something else unsupported.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// Shape binding or canonicalization failed.
+    #[error("preparing the graph: {0}")]
+    Prepare(String),
+    /// LLVM reported an error.
+    #[error("LLVM: {0}")]
+    Llvm(String),
+    /// Running the linker or archiver failed.
+    #[error("linking: {0}")]
+    Link(String),
+    /// File system.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<inkwell::builder::BuilderError> for BackendError {
+    fn from(e: inkwell::builder::BuilderError) -> Self {
+        BackendError::Llvm(e.to_string())
+    }
+}
+
+/// Result of the backend.
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// Options of [`compile`].
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Symbolic dim bindings (`N=1`).
+    pub symbols: HashMap<String, u64>,
+    /// Whole input shapes by input name.
+    pub input_shapes: HashMap<String, Vec<u64>>,
+    /// Pipeline run before lowering (after binding).
+    pub pipeline: String,
+    /// Target and CPU.
+    pub target: Target,
+    /// Symbol prefix of the C ABI.
+    pub prefix: String,
+    /// LLVM optimization level 0..=3.
+    pub opt_level: u8,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            symbols: HashMap::new(),
+            input_shapes: HashMap::new(),
+            pipeline: pare_passes::CANONICALIZE.to_string(),
+            target: Target::host(),
+            prefix: "pare_model".into(),
+            opt_level: 3,
+        }
+    }
+}
+
+/// What [`compile`] reports.
+#[derive(Clone, Debug, Default)]
+pub struct CompileStats {
+    /// Steps in the plan.
+    pub steps: usize,
+    /// Runtime kernel calls.
+    pub kernel_calls: usize,
+    /// Fused elementwise loops.
+    pub fused_loops: usize,
+    /// Graph nodes folded into a kernel epilogue or a fused loop.
+    pub nodes_fused: usize,
+    /// Nodes that are views (no code).
+    pub views: usize,
+    /// Activation arena bytes.
+    pub arena_bytes: u64,
+    /// Peak simultaneously live activation bytes.
+    pub peak_live_bytes: u64,
+    /// Constant data bytes.
+    pub const_bytes: u64,
+    /// Seconds preparing the graph (binding, canonicalization).
+    pub prepare_s: f64,
+    /// Seconds building the plan and LLVM IR.
+    pub lower_s: f64,
+    /// Seconds in LLVM optimization and object emission.
+    pub llvm_s: f64,
+    /// Kernel calls per runtime function.
+    pub kernels: Vec<(String, usize)>,
+}
+
+/// Binds shapes, runs the pipeline and checks every value is static.
+pub fn prepare(g: &mut pare_ir::Graph, opts: &Options) -> Result<()> {
+    if !opts.symbols.is_empty() || !opts.input_shapes.is_empty() {
+        pare_ir::infer::bind_dims(g, &opts.symbols, &opts.input_shapes)
+            .map_err(|e| BackendError::Prepare(e.to_string()))?;
+    } else {
+        pare_ir::infer::infer_types(g).map_err(|e| BackendError::Prepare(e.to_string()))?;
+    }
+    for &v in g.inputs() {
+        let val = g.value(v);
+        let dims: Vec<String> = val
+            .ty
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.0.iter()
+                    .filter(|d| d.fixed().is_none())
+                    .map(|d| d.to_string())
+                    .collect()
+            })
+            .unwrap_or_else(|| vec!["(unknown rank)".into()]);
+        if !dims.is_empty() {
+            let example = dims
+                .iter()
+                .filter(|d| *d != "?" && *d != "(unknown rank)")
+                .map(|d| format!("{d}=1"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let shape_s = val
+                .ty
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.0.iter()
+                        .map(|d| {
+                            if d.fixed().is_some() {
+                                d.to_string()
+                            } else {
+                                "1".into()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("x")
+                })
+                .unwrap_or_default();
+            return Err(BackendError::Unbound {
+                input: val.name.clone(),
+                dims: dims.join(", "),
+                example: if example.is_empty() {
+                    format!("{}={shape_s}", val.name)
+                } else {
+                    example
+                },
+            });
+        }
+    }
+    let reg = pare_passes::registry();
+    let mut cx = pare_pass::PassContext::new();
+    if !opts.pipeline.trim().is_empty() {
+        pare_pass::run_pipeline(&reg, &opts.pipeline, g, &mut cx)
+            .map_err(|e| BackendError::Prepare(e.to_string()))?;
+    }
+    pare_ir::infer::infer_types(g).map_err(|e| BackendError::Prepare(e.to_string()))?;
+    Ok(())
+}
+
+/// A compiled model: the LLVM context owns the module, so compile returns the artifact bytes
+/// produced by a callback-free API instead: see [`emit_artifact`].
+pub fn compile_plan(g: &pare_ir::Graph) -> Result<plan::Plan> {
+    lower::build_plan(g)
+}

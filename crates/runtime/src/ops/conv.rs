@@ -1,0 +1,2156 @@
+//! Convolution (ONNX `Conv`) and transposed convolution (`ConvTranspose`), f32, NCHW, 1-D (as
+//! `H = 1`) and 2-D, on top of the packed SGEMM.
+//!
+//! # Algorithms (chosen per shape by [`ConvParams::algorithm`])
+//!
+//! * **Pointwise** (1x1 kernel, stride 1, no padding): `Y_g = W_g · X_g` straight on the input,
+//!   `W_g` (`C_out/g x C_in/g`) as A and the image's channels (`C_in/g x H*W`, row stride
+//!   `H*W`) as B. No copy of the input beyond the GEMM's own B packing; the GEMM splits the
+//!   threads itself.
+//! * **Depthwise** (`group == C_in`, any channel multiplier `C_out / C_in`): a direct kernel per
+//!   output plane. The input plane is copied once into a zero-padded buffer whose rows are
+//!   de-interleaved by column phase (`x mod stride_w`), so every tap of every stride reads a
+//!   contiguous run; each output row is computed 16 (or 8) columns at a time with all taps
+//!   accumulated in registers (AVX2/FMA when the CPU has it). Threads split the planes.
+//! * **Im2col** (everything else): for each image, the output columns (`OH*OW` positions) are
+//!   processed in chunks. A chunk's im2col matrix is written **directly in the packed-B layout**
+//!   of the GEMM ([`crate::PackedB`]: 16-column panels, k-major) into the scratch buffer, so the
+//!   GEMM (`W_g` as A, the chunk as pre-packed B, bias per row, residual, activation fused in the
+//!   epilogue) needs no further copy and writes NCHW output in place. The chunk width keeps the
+//!   chunk near 1 MiB (L2-sized). Threads first split the chunk's panels (im2col), then the
+//!   output rows (channels) among themselves, each running a single-threaded GEMM on its rows;
+//!   row blocks are multiples of the 6-row micro-tile when there are enough rows, or even
+//!   splits otherwise (16 rows on 2 threads: 8 + 8, not 12 + 4).
+//!
+//! ConvTranspose is `col = W_gᵀ · X_g` (GEMM, A read transposed) per chunk of input positions,
+//! then a col2im scatter-add into the output (pre-filled with the bias), then the activation.
+//!
+//! The weights are used in their ONNX layout (the GEMM packs the small A operand itself, at a
+//! cost of `1 / (2 * chunk width)` of the arithmetic), so `*_prepare_weights` are copies today;
+//! the backend must still call them, which leaves room to change the layout later.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Mutex;
+
+use super::{STATUS_INTERNAL, STATUS_NULL, STATUS_OK, STATUS_PARAMS};
+use crate::ffi::{
+    PARE_ACT_CLAMP, PARE_ACT_GELU, PARE_ACT_GELU_TANH, PARE_ACT_IDENTITY, PARE_ACT_LEAKY_RELU,
+    PARE_ACT_RELU, PARE_ACT_SIGMOID, PARE_ACT_TANH,
+};
+use crate::gemm::{MR, NR};
+use crate::{Activation, BOperand, Bias, Epilogue, Gemm, Isa, PackedBRef, Residual};
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers (also used by `ops::matmul` and `ops::pool`).
+// ---------------------------------------------------------------------------------------------
+
+/// Why a kernel's safe entry point rejected a call. Nothing is written on error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelError {
+    /// The status the C entry point returns for it ([`super::STATUS_PARAMS`], ...).
+    pub status: i32,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl KernelError {
+    pub(crate) fn params(message: impl Into<String>) -> KernelError {
+        KernelError {
+            status: STATUS_PARAMS,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn internal(message: impl Into<String>) -> KernelError {
+        KernelError {
+            status: STATUS_INTERNAL,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for KernelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (status {})", self.message, self.status)
+    }
+}
+
+impl std::error::Error for KernelError {}
+
+/// Largest value any size field may hold, so that sums and signed index arithmetic of a few
+/// fields cannot overflow.
+pub(crate) const MAX_DIM: usize = i32::MAX as usize;
+
+/// Decodes a size word: `0..=MAX_DIM`.
+pub(crate) fn word_usize(w: i64) -> Option<usize> {
+    usize::try_from(w).ok().filter(|&v| v <= MAX_DIM)
+}
+
+/// Decodes a flag word: 0 or 1.
+pub(crate) fn word_bool(w: i64) -> Option<bool> {
+    match w {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+/// Number of words an activation takes: `[kind, p0, p1]`, kind a `PARE_ACT_*` code, the
+/// parameters as `f64` bits (clamp min/max, leaky-relu slope in p0; 0 otherwise).
+pub(crate) const ACT_WORDS: usize = 3;
+
+pub(crate) fn encode_activation(a: &Activation, out: &mut Vec<i64>) {
+    let (kind, p0, p1) = match *a {
+        Activation::Identity => (PARE_ACT_IDENTITY, 0.0, 0.0),
+        Activation::Relu => (PARE_ACT_RELU, 0.0, 0.0),
+        Activation::Clamp { min, max } => (PARE_ACT_CLAMP, min, max),
+        Activation::LeakyRelu { alpha } => (PARE_ACT_LEAKY_RELU, alpha, 0.0),
+        Activation::Sigmoid => (PARE_ACT_SIGMOID, 0.0, 0.0),
+        Activation::Tanh => (PARE_ACT_TANH, 0.0, 0.0),
+        Activation::Gelu => (PARE_ACT_GELU, 0.0, 0.0),
+        Activation::GeluTanh => (PARE_ACT_GELU_TANH, 0.0, 0.0),
+    };
+    out.push(kind as i64);
+    out.push(super::f64_word(p0 as f64));
+    out.push(super::f64_word(p1 as f64));
+}
+
+/// Decodes and validates an activation (clamp `min <= max`, no NaN parameters).
+pub(crate) fn decode_activation(w: &[i64]) -> Option<Activation> {
+    let p0 = super::word_f64(w[1]) as f32;
+    let p1 = super::word_f64(w[2]) as f32;
+    let a = match i32::try_from(w[0]).ok()? {
+        PARE_ACT_IDENTITY => Activation::Identity,
+        PARE_ACT_RELU => Activation::Relu,
+        PARE_ACT_CLAMP => Activation::Clamp { min: p0, max: p1 },
+        PARE_ACT_LEAKY_RELU => Activation::LeakyRelu { alpha: p0 },
+        PARE_ACT_SIGMOID => Activation::Sigmoid,
+        PARE_ACT_TANH => Activation::Tanh,
+        PARE_ACT_GELU => Activation::Gelu,
+        PARE_ACT_GELU_TANH => Activation::GeluTanh,
+        _ => return None,
+    };
+    a.validate().ok()?;
+    Some(a)
+}
+
+/// Checked product of sizes.
+pub(crate) fn prod(xs: &[usize]) -> Option<usize> {
+    xs.iter().try_fold(1usize, |a, &b| a.checked_mul(b))
+}
+
+/// Whether the AVX2 + FMA kernels may run.
+#[inline]
+pub(crate) fn avx2() -> bool {
+    Isa::detect() == Isa::Avx2Fma
+}
+
+/// `a * b + c`, fused when the caller is compiled with FMA.
+#[inline(always)]
+pub(crate) fn fmadd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Below this much work (flops, or elements for memory-bound kernels) a task is not worth a
+/// pool wake-up.
+pub(crate) const MIN_TASK_WORK: usize = 1 << 20;
+
+/// How many tasks to split `work` into, at most `threads`.
+pub(crate) fn task_count(threads: usize, work: usize, min_work: usize) -> usize {
+    threads.max(1).min((work / min_work.max(1)).max(1))
+}
+
+/// Runs `f(i, parts[i])` for every part, in parallel on the pool (part 0 on this thread).
+pub(crate) fn run_parts<T: Send>(parts: Vec<T>, f: &(dyn Fn(usize, T) + Sync)) {
+    if parts.len() <= 1 {
+        if let Some(p) = parts.into_iter().next() {
+            f(0, p);
+        }
+        return;
+    }
+    let slots: Vec<Mutex<Option<T>>> = parts.into_iter().map(|p| Mutex::new(Some(p))).collect();
+    crate::pool::run(slots.len(), &|i| {
+        let part = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(part) = part {
+            f(i, part);
+        }
+    });
+}
+
+/// Splits `s` into consecutive pieces `[b[0], b[1])`, `[b[1], b[2])`, ... (`b` non-decreasing,
+/// `b[0] == 0`, last `<= s.len()`).
+pub(crate) fn split_bounds<'a, T>(mut s: &'a mut [T], b: &[usize]) -> Vec<&'a mut [T]> {
+    let mut out = Vec::with_capacity(b.len().saturating_sub(1));
+    let mut at = b.first().copied().unwrap_or(0);
+    for &e in &b[1..] {
+        let (head, tail) = std::mem::take(&mut s).split_at_mut(e - at);
+        out.push(head);
+        s = tail;
+        at = e;
+    }
+    out
+}
+
+/// `t + 1` bounds splitting `0..len` evenly into `t` parts.
+pub(crate) fn even_bounds(len: usize, t: usize) -> Vec<usize> {
+    (0..=t).map(|i| len * i / t).collect()
+}
+
+/// Records the first error of a parallel section.
+pub(crate) struct FirstError(Mutex<Option<KernelError>>);
+
+impl FirstError {
+    pub(crate) fn new() -> Self {
+        FirstError(Mutex::new(None))
+    }
+
+    pub(crate) fn set(&self, e: KernelError) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(e);
+    }
+
+    pub(crate) fn gemm(&self, r: Result<(), crate::GemmError>) {
+        if let Err(e) = r {
+            self.set(KernelError::internal(format!("GEMM rejected a call: {e}")));
+        }
+    }
+
+    pub(crate) fn into_result(self) -> Result<(), KernelError> {
+        match self.0.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Views a scratch byte buffer as floats (at least `floats` of them).
+pub(crate) fn scratch_f32(scratch: &mut [u8], floats: usize) -> Result<&mut [f32], KernelError> {
+    // SAFETY: every bit pattern is a valid f32, and `align_to_mut` only yields the correctly
+    // aligned middle part.
+    let (_, mid, _) = unsafe { scratch.align_to_mut::<f32>() };
+    if mid.len() < floats {
+        return Err(KernelError::params(format!(
+            "scratch holds {} aligned floats, the kernel needs {floats}",
+            mid.len()
+        )));
+    }
+    Ok(&mut mid[..floats])
+}
+
+/// Checks a slice holds at least `need` elements.
+pub(crate) fn need_len(what: &str, len: usize, need: usize) -> Result<(), KernelError> {
+    if len < need {
+        Err(KernelError::params(format!(
+            "{what} has {len} elements, the shape needs {need}"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Where a residual comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Res<'a> {
+    None,
+    /// A separate buffer shaped like the output.
+    Separate(&'a [f32]),
+    /// The output buffer already holds it (C entry point called with `residual == y`).
+    InPlace,
+}
+
+/// The slice a C pointer describes, for the entry points.
+///
+/// # Safety
+/// `p` is null or points to `len` readable floats, not written while the slice lives.
+pub(crate) unsafe fn c_in<'a>(p: *mut u8, len: usize) -> Result<&'a [f32], i32> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() {
+        return Err(STATUS_NULL);
+    }
+    if !p.cast::<f32>().is_aligned() {
+        return Err(STATUS_PARAMS);
+    }
+    // SAFETY: non-null, aligned, `len` readable floats by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(p as *const f32, len) })
+}
+
+/// The mutable slice a C pointer describes.
+///
+/// # Safety
+/// `p` is null or points to `len` writable floats that nothing else accesses while the slice
+/// lives.
+pub(crate) unsafe fn c_out<'a>(p: *mut u8, len: usize) -> Result<&'a mut [f32], i32> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(STATUS_NULL);
+    }
+    if !p.cast::<f32>().is_aligned() {
+        return Err(STATUS_PARAMS);
+    }
+    // SAFETY: non-null, aligned, `len` writable and unaliased floats by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p as *mut f32, len) })
+}
+
+/// The mutable byte slice of a scratch pointer.
+///
+/// # Safety
+/// As [`c_out`], for `len` bytes.
+pub(crate) unsafe fn c_scratch<'a>(p: *mut u8, len: usize) -> Result<&'a mut [u8], i32> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() {
+        return Err(STATUS_NULL);
+    }
+    // SAFETY: non-null, `len` writable and unaliased bytes by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}
+
+/// Reads the parameter words of a C entry point: `words` of them, after checking the first is
+/// `tag` (so a foreign block is rejected before reading past its end).
+///
+/// # Safety
+/// `params` is null or points to at least one readable word, and to `words` readable words if
+/// the first equals `tag`.
+pub(crate) unsafe fn c_params<'a>(
+    params: *const i64,
+    tag: i64,
+    words: usize,
+) -> Result<&'a [i64], i32> {
+    if params.is_null() {
+        return Err(STATUS_NULL);
+    }
+    // SAFETY: at least one readable word by the caller's contract.
+    if unsafe { *params } != tag {
+        return Err(STATUS_PARAMS);
+    }
+    // SAFETY: the tag matched, so `words` are readable by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(params, words) })
+}
+
+/// Reads `count` buffer pointers.
+///
+/// # Safety
+/// `bufs` is null or points to `count` readable pointers.
+pub(crate) unsafe fn c_bufs(bufs: *const *mut u8, count: usize) -> Result<Vec<*mut u8>, i32> {
+    if bufs.is_null() {
+        return Err(STATUS_NULL);
+    }
+    // SAFETY: `count` readable pointers by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(bufs, count) }.to_vec())
+}
+
+/// Runs a C entry point's body, mapping errors and panics to status codes.
+pub(crate) fn c_guard(f: impl FnOnce() -> Result<(), i32>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => STATUS_OK,
+        Ok(Err(s)) => s,
+        Err(_) => STATUS_INTERNAL,
+    }
+}
+
+/// A plane copied into a zero- (or `fill`-) padded buffer with each row de-interleaved by column
+/// phase: padded column `c` of padded row `r` at `r*row_stride + (c % s)*phase_len + c / s`.
+/// Then output column `o` of tap offset `t` (padded column `o*s + t`) is at
+/// `(t % s)*phase_len + t/s + o`: contiguous in `o`, for any stride.
+pub(crate) struct PaddedPlane {
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+    pub phase_len: usize,
+    pub row_stride: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+/// Slack floats after a padded plane: partial output blocks read up to 16 lanes past the last
+/// used column.
+pub(crate) const PLANE_SLACK: usize = 16;
+
+impl PaddedPlane {
+    /// `rows x cols` padded extent needed by the windows; `stride` the column stride.
+    pub(crate) fn new(
+        rows: usize,
+        cols: usize,
+        stride: usize,
+        pad_top: usize,
+        pad_left: usize,
+    ) -> Self {
+        let phase_len = cols.div_ceil(stride);
+        PaddedPlane {
+            rows,
+            cols,
+            stride,
+            phase_len,
+            row_stride: phase_len * stride,
+            pad_top,
+            pad_left,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows * self.row_stride + PLANE_SLACK
+    }
+
+    /// Offset of padded column `t` of padded row `r` (then `+ o` for output column `o`).
+    #[inline]
+    pub(crate) fn tap(&self, r: usize, t: usize) -> usize {
+        r * self.row_stride + (t % self.stride) * self.phase_len + t / self.stride
+    }
+
+    /// Sets the whole buffer (padding included) to `fill`. The padding never changes between
+    /// planes of one shape, so this is done once per buffer and [`PaddedPlane::copy_in`] then
+    /// only writes the input's own positions.
+    pub(crate) fn init(&self, fill: f32, dst: &mut [f32]) {
+        dst[..self.len()].fill(fill);
+    }
+
+    /// Copies the `h x w` plane `x` into its positions of a buffer set up by `init`.
+    pub(crate) fn copy_in(&self, x: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+        let s = self.stride;
+        // Padded columns [pl, pl + w) hold the input, clipped to [0, cols).
+        let c0 = self.pad_left.min(self.cols);
+        let c1 = (self.pad_left + w).min(self.cols);
+        if c0 >= c1 {
+            return;
+        }
+        let r0 = self.pad_top.min(self.rows);
+        let r1 = (self.pad_top + h).min(self.rows);
+        for r in r0..r1 {
+            let src = &x[(r - self.pad_top) * w..(r - self.pad_top + 1) * w];
+            let row = &mut dst[r * self.row_stride..(r + 1) * self.row_stride];
+            if s == 1 {
+                row[c0..c1].copy_from_slice(&src[c0 - self.pad_left..c1 - self.pad_left]);
+                continue;
+            }
+            // Phase ph holds padded columns ph, ph + s, ...: slots i with c0 <= i*s + ph < c1.
+            for ph in 0..s {
+                let i0 = c0.saturating_sub(ph).div_ceil(s);
+                let i1 = (c1 + s - 1 - ph) / s; // first i with i*s + ph >= c1
+                if i0 >= i1 {
+                    continue;
+                }
+                let first = i0 * s + ph - self.pad_left;
+                let d = &mut row[ph * self.phase_len + i0..ph * self.phase_len + i1];
+                let src = &src[first..];
+                for (k, v) in d.iter_mut().enumerate() {
+                    *v = src[k * s];
+                }
+            }
+        }
+    }
+}
+
+/// Up to 8 consecutive output columns of one output row of a plane kernel (depthwise, pool):
+/// input block at `pad[src + tap offset ..][..8]`, output at `y[dst..dst + len]`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Seg {
+    pub src: usize,
+    pub dst: usize,
+    pub len: usize,
+    pub oy: usize,
+    pub ox: usize,
+}
+
+/// The 8-column segments of an `oh x ow` output whose rows are `row_step` apart in the padded
+/// plane, padded with empty segments to a multiple of 8 (so kernels always run 8 independent
+/// accumulators).
+pub(crate) fn segments(oh: usize, ow: usize, row_step: usize) -> Vec<Seg> {
+    let mut v = Vec::with_capacity(oh * ow.div_ceil(8) + 8);
+    for oy in 0..oh {
+        let mut ox = 0;
+        while ox < ow {
+            let len = 8.min(ow - ox);
+            v.push(Seg {
+                src: oy * row_step + ox,
+                dst: oy * ow + ox,
+                len,
+                oy,
+                ox,
+            });
+            ox += len;
+        }
+    }
+    while v.len() % 8 != 0 {
+        v.push(Seg::default());
+    }
+    v
+}
+
+/// Residual source of a plane kernel.
+#[derive(Clone, Copy)]
+pub(crate) enum SegRes<'a> {
+    None,
+    Separate(&'a [f32]),
+    InPlace,
+}
+
+/// AVX2 + FMA plane kernels: 8 segments (64 outputs) at a time, one accumulator each, every
+/// tap an unaligned load and an FMA / max / add.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod simd {
+    use std::arch::x86_64::*;
+
+    use super::{Seg, SegRes, MASKS};
+    use crate::Activation;
+
+    /// Checks every access the kernels make: loads of 8 floats at `seg.src + off` (`off <=
+    /// max_off`) from `pad`, and `dst..dst+len` of `y` (and of a separate residual).
+    fn check(pad: &[f32], segs: &[Seg], max_off: usize, y_len: usize, res: SegRes<'_>) {
+        assert!(segs.len() % 8 == 0);
+        for s in segs {
+            assert!(s.len <= 8 && s.src + max_off + 8 <= pad.len() && s.dst + s.len <= y_len);
+        }
+        if let SegRes::Separate(r) = res {
+            assert!(r.len() >= y_len);
+        }
+    }
+
+    /// The activation of a vector (NaN-preserving like the GEMM epilogue).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[inline(always)]
+    unsafe fn act(a: __m256, act: Activation) -> __m256 {
+        // SAFETY: AVX2 by the caller's contract; `t` holds 8 floats.
+        unsafe {
+            match act {
+                Activation::Identity => a,
+                // max(0, a) returns a when a is NaN.
+                Activation::Relu => _mm256_max_ps(_mm256_setzero_ps(), a),
+                Activation::Clamp { min, max } => {
+                    _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), a))
+                }
+                Activation::LeakyRelu { alpha } => {
+                    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_setzero_ps());
+                    _mm256_blendv_ps(a, _mm256_mul_ps(a, _mm256_set1_ps(alpha)), neg)
+                }
+                other => {
+                    let mut t = [0.0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), a);
+                    other.apply_slice(&mut t);
+                    _mm256_loadu_ps(t.as_ptr())
+                }
+            }
+        }
+    }
+
+    /// Adds the residual (if any) to `a`, applies the activation and stores segment `s`
+    /// (masked when it is shorter than 8).
+    ///
+    /// # Safety
+    /// AVX2; `s.dst + s.len <= y.len()` and a separate residual is at least as long as `y`.
+    #[inline(always)]
+    unsafe fn finish(
+        mut a: __m256,
+        s: Seg,
+        res: SegRes<'_>,
+        activation: Activation,
+        y: &mut [f32],
+    ) {
+        if s.len == 0 {
+            return;
+        }
+        // SAFETY: AVX2 by contract; lanes < s.len of y[s.dst..] (and of the residual) are in
+        // bounds by contract, and masked loads/stores touch only those (the mask has s.len <= 8
+        // leading ones; MASKS[16 - len..24 - len] is in bounds).
+        unsafe {
+            let m = _mm256_loadu_si256(MASKS.as_ptr().add(16 - s.len) as *const __m256i);
+            let full = s.len == 8;
+            let load = |p: *const f32| {
+                if full {
+                    _mm256_loadu_ps(p)
+                } else {
+                    _mm256_maskload_ps(p, m)
+                }
+            };
+            match res {
+                SegRes::Separate(r) => a = _mm256_add_ps(a, load(r.as_ptr().add(s.dst))),
+                SegRes::InPlace => a = _mm256_add_ps(a, load(y.as_ptr().add(s.dst))),
+                SegRes::None => {}
+            }
+            a = act(a, activation);
+            let out = y.as_mut_ptr().add(s.dst);
+            if full {
+                _mm256_storeu_ps(out, a);
+            } else {
+                _mm256_maskstore_ps(out, m, a);
+            }
+        }
+    }
+
+    /// Depthwise plane: `y[seg] = act(bias + sum_t w_t * pad[seg.src + off_t ..] + residual)`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn dw_plane(
+        pad: &[f32],
+        segs: &[Seg],
+        taps: &[(usize, f32)],
+        bias: f32,
+        res: SegRes<'_>,
+        activation: Activation,
+        y: &mut [f32],
+    ) {
+        let max_off = taps.iter().map(|t| t.0).max().unwrap_or(0);
+        check(pad, segs, max_off, y.len(), res);
+        let p = pad.as_ptr();
+        for g in segs.chunks_exact(8) {
+            // SAFETY: `check` bounds every load (src + off + 8 <= pad.len()) and store;
+            // AVX2/FMA by contract.
+            unsafe {
+                let mut acc = [_mm256_set1_ps(bias); 8];
+                for &(off, wv) in taps {
+                    let w = _mm256_set1_ps(wv);
+                    for v in 0..8 {
+                        let x = _mm256_loadu_ps(p.add(g[v].src + off));
+                        acc[v] = _mm256_fmadd_ps(w, x, acc[v]);
+                    }
+                }
+                for v in 0..8 {
+                    finish(acc[v], g[v], res, activation, y);
+                }
+            }
+        }
+    }
+
+    /// Max (NaN-propagating) or average pool plane over tap offsets `taps`; for the average,
+    /// output `(oy, ox)` is scaled by `inv_y[oy] * inv_x[ox]` (`inv_x` has 8 floats of slack).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn pool_plane(
+        pad: &[f32],
+        segs: &[Seg],
+        taps: &[usize],
+        max: bool,
+        inv_y: &[f32],
+        inv_x: &[f32],
+        y: &mut [f32],
+    ) {
+        let max_off = taps.iter().copied().max().unwrap_or(0);
+        check(pad, segs, max_off, y.len(), SegRes::None);
+        if !max {
+            for s in segs {
+                assert!(s.len == 0 || (s.oy < inv_y.len() && s.ox + 8 <= inv_x.len()));
+            }
+        }
+        let p = pad.as_ptr();
+        for g in segs.chunks_exact(8) {
+            // SAFETY: `check` (and the assertion above for the divisors) bounds every load and
+            // store; AVX2/FMA by contract.
+            unsafe {
+                if max {
+                    let mut acc = [_mm256_set1_ps(f32::NEG_INFINITY); 8];
+                    let mut nan = [_mm256_setzero_ps(); 8];
+                    for &off in taps {
+                        for v in 0..8 {
+                            let x = _mm256_loadu_ps(p.add(g[v].src + off));
+                            // max(x, acc) keeps a NaN already in acc; NaNs of x are tracked.
+                            acc[v] = _mm256_max_ps(x, acc[v]);
+                            nan[v] = _mm256_or_ps(nan[v], _mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+                        }
+                    }
+                    for v in 0..8 {
+                        let a = _mm256_blendv_ps(acc[v], _mm256_set1_ps(f32::NAN), nan[v]);
+                        finish(a, g[v], SegRes::None, Activation::Identity, y);
+                    }
+                } else {
+                    let mut acc = [_mm256_setzero_ps(); 8];
+                    for &off in taps {
+                        for v in 0..8 {
+                            acc[v] = _mm256_add_ps(acc[v], _mm256_loadu_ps(p.add(g[v].src + off)));
+                        }
+                    }
+                    for v in 0..8 {
+                        let s = g[v];
+                        if s.len == 0 {
+                            continue;
+                        }
+                        let scale = _mm256_mul_ps(
+                            _mm256_set1_ps(inv_y[s.oy]),
+                            _mm256_loadu_ps(inv_x.as_ptr().add(s.ox)),
+                        );
+                        let a = _mm256_mul_ps(acc[v], scale);
+                        finish(a, s, SegRes::None, Activation::Identity, y);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conv
+// ---------------------------------------------------------------------------------------------
+
+/// Tag word that starts an encoded [`ConvParams`] (`"CONV"`, layout version 1).
+pub const CONV_TAG: i64 = 0x434f_4e56_0001;
+/// Number of words of an encoded [`ConvParams`].
+pub const CONV_WORDS: usize = 19 + ACT_WORDS;
+
+/// Parameters of `pare_k_conv`: ONNX Conv on NCHW f32 with a fused epilogue,
+/// `y = act(conv(x, w) + bias[c] + residual)`.
+///
+/// A 1-D convolution is `h = 1`, `kh = 1`, `stride_h = dilation_h = 1`, zero top/bottom pads.
+/// Output extents are derived (`out_h()`, `out_w()`): `(h + pt + pb - dh*(kh-1) - 1)/sh + 1`;
+/// the backend resolves `auto_pad` into explicit pads.
+///
+/// **Word layout** (`encode`, [`CONV_WORDS`] words): `[CONV_TAG, n, c_in, h, w, c_out, kh, kw,
+/// stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, pad_bottom, pad_right, group,
+/// has_bias, has_residual, act_kind, act_p0, act_p1]`; flags are 0/1, `act_kind` a `PARE_ACT_*`
+/// code, `act_p0`/`act_p1` `f64` bits (clamp min/max, leaky-relu slope).
+///
+/// **Buffers** (`bufs`, 6 pointers): `[x, w_prepared, bias, residual, y, scratch]`:
+/// `x` `[n, c_in, h, w]`; `w_prepared` from [`conv_prepare_weights`]; `bias` `[c_out]` (read only
+/// if `has_bias`, else may be null); `residual` shaped like `y` (read only if `has_residual`; it
+/// may be the same pointer as `y` for an in-place residual add, otherwise it must not overlap
+/// `y`); `y` `[n, c_out, out_h, out_w]`; `scratch` of [`ConvParams::scratch_bytes`] bytes (null
+/// when that is 0). `x` must not overlap `y`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvParams {
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height (1 for 1-D).
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Vertical dilation.
+    pub dilation_h: usize,
+    /// Horizontal dilation.
+    pub dilation_w: usize,
+    /// Padding above.
+    pub pad_top: usize,
+    /// Padding left.
+    pub pad_left: usize,
+    /// Padding below.
+    pub pad_bottom: usize,
+    /// Padding right.
+    pub pad_right: usize,
+    /// Groups (`c_in` and `c_out` divisible by it).
+    pub group: usize,
+    /// Whether a `[c_out]` bias is added.
+    pub has_bias: bool,
+    /// Whether a residual shaped like the output is added (after the bias).
+    pub has_residual: bool,
+    /// Applied last.
+    pub activation: Activation,
+}
+
+/// How [`conv`] computes a given shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// 1x1, stride 1, no padding: GEMM on the input in place.
+    Pointwise,
+    /// `group == c_in`: direct per-plane kernel.
+    Depthwise,
+    /// im2col into packed panels + GEMM.
+    Im2col,
+}
+
+/// Target size of one im2col chunk (floats): 1 MiB.
+const CHUNK_FLOATS: usize = 1 << 18;
+
+impl ConvParams {
+    /// A plain 2-D convolution: stride 1, dilation 1, no padding, one group, no epilogue.
+    pub fn new(
+        n: usize,
+        c_in: usize,
+        h: usize,
+        w: usize,
+        c_out: usize,
+        kh: usize,
+        kw: usize,
+    ) -> Self {
+        ConvParams {
+            n,
+            c_in,
+            h,
+            w,
+            c_out,
+            kh,
+            kw,
+            stride_h: 1,
+            stride_w: 1,
+            dilation_h: 1,
+            dilation_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
+            group: 1,
+            has_bias: false,
+            has_residual: false,
+            activation: Activation::Identity,
+        }
+    }
+
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        out_extent(
+            self.h,
+            self.kh,
+            self.stride_h,
+            self.dilation_h,
+            self.pad_top,
+            self.pad_bottom,
+        )
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        out_extent(
+            self.w,
+            self.kw,
+            self.stride_w,
+            self.dilation_w,
+            self.pad_left,
+            self.pad_right,
+        )
+    }
+
+    /// The words of this block (see the struct doc).
+    pub fn encode(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = [
+            self.n,
+            self.c_in,
+            self.h,
+            self.w,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride_h,
+            self.stride_w,
+            self.dilation_h,
+            self.dilation_w,
+            self.pad_top,
+            self.pad_left,
+            self.pad_bottom,
+            self.pad_right,
+            self.group,
+            self.has_bias as usize,
+            self.has_residual as usize,
+        ]
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+        v.insert(0, CONV_TAG);
+        encode_activation(&self.activation, &mut v);
+        v
+    }
+
+    /// Parses and validates words produced by [`ConvParams::encode`].
+    pub fn decode(words: &[i64]) -> Option<Self> {
+        if words.len() != CONV_WORDS || words[0] != CONV_TAG {
+            return None;
+        }
+        let u = |i: usize| word_usize(words[i]);
+        let p = ConvParams {
+            n: u(1)?,
+            c_in: u(2)?,
+            h: u(3)?,
+            w: u(4)?,
+            c_out: u(5)?,
+            kh: u(6)?,
+            kw: u(7)?,
+            stride_h: u(8)?,
+            stride_w: u(9)?,
+            dilation_h: u(10)?,
+            dilation_w: u(11)?,
+            pad_top: u(12)?,
+            pad_left: u(13)?,
+            pad_bottom: u(14)?,
+            pad_right: u(15)?,
+            group: u(16)?,
+            has_bias: word_bool(words[17])?,
+            has_residual: word_bool(words[18])?,
+            activation: decode_activation(&words[19..22])?,
+        };
+        p.validate().ok()?;
+        Some(p)
+    }
+
+    /// Checks the parameters describe a valid convolution whose buffer sizes fit in `usize`.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        let dims = [
+            self.n,
+            self.c_in,
+            self.h,
+            self.w,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride_h,
+            self.stride_w,
+            self.dilation_h,
+            self.dilation_w,
+            self.pad_top,
+            self.pad_left,
+            self.pad_bottom,
+            self.pad_right,
+            self.group,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(KernelError::params("a conv dimension exceeds i32::MAX"));
+        }
+        if self.c_in == 0 || self.c_out == 0 || self.h == 0 || self.w == 0 {
+            return Err(KernelError::params(
+                "conv with an empty channel or spatial extent",
+            ));
+        }
+        if self.kh == 0 || self.kw == 0 || self.stride_h == 0 || self.stride_w == 0 {
+            return Err(KernelError::params(
+                "conv kernel and strides must be positive",
+            ));
+        }
+        if self.dilation_h == 0 || self.dilation_w == 0 || self.group == 0 {
+            return Err(KernelError::params(
+                "conv dilations and group must be positive",
+            ));
+        }
+        if !self.c_in.is_multiple_of(self.group) || !self.c_out.is_multiple_of(self.group) {
+            return Err(KernelError::params(format!(
+                "channels {} -> {} not divisible by group {}",
+                self.c_in, self.c_out, self.group
+            )));
+        }
+        if self.out_h() == 0 || self.out_w() == 0 {
+            return Err(KernelError::params(
+                "conv kernel extent exceeds the padded input",
+            ));
+        }
+        self.activation
+            .validate()
+            .map_err(|e| KernelError::params(e.to_string()))?;
+        let sizes = [
+            prod(&[self.n, self.c_in, self.h, self.w]),
+            prod(&[self.n, self.c_out, self.out_h(), self.out_w()]),
+            prod(&[self.c_out, self.c_in / self.group, self.kh, self.kw]),
+            prod(&[
+                self.c_in,
+                self.kh,
+                self.kw,
+                self.out_h() * self.out_w() + NR,
+                4,
+            ]),
+            prod(&[
+                self.h + self.pad_top + self.pad_bottom + self.kh * self.dilation_h,
+                self.w + self.pad_left + self.pad_right + self.kw * self.dilation_w + NR,
+            ]),
+        ];
+        if sizes.iter().any(|s| s.is_none()) {
+            return Err(KernelError::params("conv buffer sizes overflow usize"));
+        }
+        Ok(())
+    }
+
+    /// The algorithm [`conv`] uses for this shape.
+    pub fn algorithm(&self) -> ConvAlgo {
+        if self.group == self.c_in && self.c_out.is_multiple_of(self.c_in) {
+            ConvAlgo::Depthwise
+        } else if self.kh == 1
+            && self.kw == 1
+            && self.stride_h == 1
+            && self.stride_w == 1
+            && self.pad_top + self.pad_left + self.pad_bottom + self.pad_right == 0
+        {
+            ConvAlgo::Pointwise
+        } else {
+            ConvAlgo::Im2col
+        }
+    }
+
+    /// Elements of `x`.
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+
+    /// Elements of `y` (and of the residual).
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+
+    /// Elements of the ONNX weight `[c_out, c_in/group, kh, kw]`.
+    pub fn w_len(&self) -> usize {
+        self.c_out * (self.c_in / self.group) * self.kh * self.kw
+    }
+
+    /// Elements of the prepared weight ([`conv_prepare_weights`]).
+    pub fn prepared_len(&self) -> usize {
+        self.w_len()
+    }
+
+    /// Rows of one group's im2col matrix (`c_in/group * kh * kw`).
+    fn k_group(&self) -> usize {
+        self.c_in / self.group * self.kh * self.kw
+    }
+
+    /// Output columns per im2col chunk (a multiple of 16 unless it is all of them).
+    fn chunk_cols(&self) -> usize {
+        let hw = self.out_h() * self.out_w();
+        let k = self.c_in * self.kh * self.kw;
+        let target = (CHUNK_FLOATS / k.max(1)) / NR * NR;
+        target.max(4 * NR).min(hw.div_ceil(NR) * NR)
+    }
+
+    /// Bytes of scratch the kernel needs (0 unless the algorithm is im2col). Includes 64 bytes of
+    /// slack so that any 4-byte-aligned buffer works.
+    pub fn scratch_bytes(&self) -> usize {
+        match self.algorithm() {
+            ConvAlgo::Im2col => self.c_in * self.kh * self.kw * self.chunk_cols() * 4 + 64,
+            _ => 0,
+        }
+    }
+
+    fn geo(&self) -> Geo {
+        Geo {
+            cin_g: self.c_in / self.group,
+            h: self.h,
+            w: self.w,
+            ow: self.out_w(),
+            kh: self.kh,
+            kw: self.kw,
+            sh: self.stride_h,
+            sw: self.stride_w,
+            dh: self.dilation_h,
+            dw: self.dilation_w,
+            pt: self.pad_top as isize,
+            pl: self.pad_left as isize,
+        }
+    }
+}
+
+/// `(x + pb + pe - d*(k-1) - 1)/s + 1`, or 0 when the kernel does not fit.
+fn out_extent(x: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> usize {
+    let padded = x as u128 + pb as u128 + pe as u128;
+    let ext = (d as u128) * (k.max(1) as u128 - 1) + 1;
+    if k == 0 || s == 0 || padded < ext {
+        0
+    } else {
+        ((padded - ext) / s as u128 + 1).min(usize::MAX as u128) as usize
+    }
+}
+
+/// The ONNX weight `[c_out, c_in/group, kh, kw]` in the layout [`conv`] reads (currently the
+/// same layout; see the module doc). The backend stores the result as 64-byte-aligned constant
+/// data. Panics if `w` is shorter than [`ConvParams::w_len`].
+pub fn conv_prepare_weights(p: &ConvParams, w: &[f32]) -> Vec<f32> {
+    w[..p.w_len()].to_vec()
+}
+
+/// Computes the convolution (see [`ConvParams`]). `bias` / `residual` must be present exactly
+/// when `has_bias` / `has_residual` say so; `scratch` must hold [`ConvParams::scratch_bytes`].
+/// `threads >= 1` (0 is treated as 1).
+#[allow(clippy::too_many_arguments)] // the operands of the op
+pub fn conv(
+    p: &ConvParams,
+    x: &[f32],
+    w_prepared: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let res = match residual {
+        Some(r) => Res::Separate(r),
+        None => Res::None,
+    };
+    conv_impl(p, x, w_prepared, bias, res, y, scratch, threads)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_impl(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    threads: usize,
+) -> Result<(), KernelError> {
+    p.validate()?;
+    if bias.is_some() != p.has_bias {
+        return Err(KernelError::params("bias presence does not match has_bias"));
+    }
+    if matches!(res, Res::None) == p.has_residual {
+        return Err(KernelError::params(
+            "residual presence does not match has_residual",
+        ));
+    }
+    need_len("x", x.len(), p.x_len())?;
+    need_len("w_prepared", w.len(), p.prepared_len())?;
+    need_len("y", y.len(), p.y_len())?;
+    if let Some(b) = bias {
+        need_len("bias", b.len(), p.c_out)?;
+    }
+    if let Res::Separate(r) = res {
+        need_len("residual", r.len(), p.y_len())?;
+    }
+    let threads = threads.max(1);
+    let y = &mut y[..p.y_len()];
+    match p.algorithm() {
+        ConvAlgo::Depthwise => {
+            depthwise(p, x, w, bias, res, y, threads);
+            Ok(())
+        }
+        ConvAlgo::Pointwise => pointwise(p, x, w, bias, res, y, threads),
+        ConvAlgo::Im2col => {
+            let floats = (p.scratch_bytes() - 64) / 4;
+            let scratch = scratch_f32(scratch, floats)?;
+            im2col_conv(p, x, w, bias, res, y, scratch, threads)
+        }
+    }
+}
+
+/// The epilogue of one GEMM over rows `r0..r0+m` of one image's output (`ld` = plane size),
+/// columns from `j0`.
+fn epilogue<'a>(
+    bias: Option<&'a [f32]>,
+    res_img: Option<&'a [f32]>,
+    row0: usize,
+    m: usize,
+    j0: usize,
+    ld: usize,
+    act: Activation,
+) -> Epilogue<'a> {
+    Epilogue {
+        bias: match bias {
+            Some(b) => Bias::PerRow(&b[row0..row0 + m]),
+            None => Bias::None,
+        },
+        residual: res_img.map(|r| Residual {
+            data: &r[row0 * ld + j0..],
+            ld,
+        }),
+        activation: act,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pointwise(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let hw = p.h * p.w;
+    let (cin_g, cout_g) = (p.c_in / p.group, p.c_out / p.group);
+    for ni in 0..p.n {
+        let x_img = &x[ni * p.c_in * hw..(ni + 1) * p.c_in * hw];
+        let y_img = &mut y[ni * p.c_out * hw..(ni + 1) * p.c_out * hw];
+        let res_img = match res {
+            Res::Separate(r) => Some(&r[ni * p.c_out * hw..(ni + 1) * p.c_out * hw]),
+            _ => None,
+        };
+        for g in 0..p.group {
+            let gemm = Gemm {
+                m: cout_g,
+                n: hw,
+                k: cin_g,
+                alpha: 1.0,
+                beta: if matches!(res, Res::InPlace) {
+                    1.0
+                } else {
+                    0.0
+                },
+                a: &w[g * cout_g * cin_g..(g + 1) * cout_g * cin_g],
+                lda: cin_g,
+                trans_a: false,
+                b: BOperand::Dense {
+                    data: &x_img[g * cin_g * hw..(g + 1) * cin_g * hw],
+                    ld: hw,
+                    trans: false,
+                },
+                epilogue: epilogue(bias, res_img, g * cout_g, cout_g, 0, hw, p.activation),
+                threads,
+                isa: Isa::Auto,
+            };
+            gemm.run(&mut y_img[g * cout_g * hw..(g + 1) * cout_g * hw], hw)
+                .map_err(|e| KernelError::internal(format!("GEMM rejected a call: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Geometry for im2col.
+#[derive(Clone, Copy)]
+struct Geo {
+    cin_g: usize,
+    h: usize,
+    w: usize,
+    ow: usize,
+    kh: usize,
+    kw: usize,
+    sh: usize,
+    sw: usize,
+    dh: usize,
+    dw: usize,
+    pt: isize,
+    pl: isize,
+}
+
+/// Row bounds (over all `c_out` output channels) for `t` GEMM tasks: whole groups when there
+/// are at least as many groups as tasks, else row blocks inside groups, in whole 6-row
+/// micro-tiles when each task gets at least two of them.
+fn row_bounds(c_out: usize, group: usize, t: usize) -> Vec<usize> {
+    let cg = c_out / group;
+    let mut b: Vec<usize> = (0..=t)
+        .map(|i| {
+            let r = c_out * i / t;
+            if group >= t {
+                ((r + cg / 2) / cg * cg).min(c_out)
+            } else if cg >= 2 * MR * t.div_ceil(group) {
+                let (g, off) = (r / cg, r % cg);
+                g * cg + ((off + MR / 2) / MR * MR).min(cg)
+            } else {
+                r
+            }
+        })
+        .collect();
+    b[0] = 0;
+    b[t] = c_out;
+    for i in 1..=t {
+        b[i] = b[i].max(b[i - 1]);
+    }
+    b
+}
+
+#[allow(clippy::too_many_arguments)]
+fn im2col_conv(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let geo = p.geo();
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let hw_in = p.h * p.w;
+    let hw = oh * ow;
+    let kg = p.k_group();
+    let cout_g = p.c_out / p.group;
+    let chunk = p.chunk_cols();
+    let flops_chunk = 2 * p.c_out * kg * chunk;
+    let t_gemm = task_count(threads, flops_chunk, MIN_TASK_WORK).min(p.c_out);
+    let rb = row_bounds(p.c_out, p.group, t_gemm);
+    let errors = FirstError::new();
+    let in_place = matches!(res, Res::InPlace);
+    for ni in 0..p.n {
+        let x_img = &x[ni * p.c_in * hw_in..(ni + 1) * p.c_in * hw_in];
+        let y_img = &mut y[ni * p.c_out * hw..(ni + 1) * p.c_out * hw];
+        let res_img = match res {
+            Res::Separate(r) => Some(&r[ni * p.c_out * hw..(ni + 1) * p.c_out * hw]),
+            _ => None,
+        };
+        let mut j0 = 0;
+        while j0 < hw {
+            let cw = chunk.min(hw - j0);
+            let panels = cw.div_ceil(NR);
+            let unit = kg * NR;
+            let units = p.group * panels;
+            let used = &mut scratch[..units * unit];
+            // Phase 1: im2col of the chunk, split over (group, panel) units.
+            let t_fill = task_count(threads, units * unit, 1 << 15).min(units);
+            let ub = even_bounds(units, t_fill);
+            let parts: Vec<(usize, &mut [f32])> =
+                split_bounds(used, &ub.iter().map(|&u| u * unit).collect::<Vec<_>>())
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, s)| (ub[i], s))
+                    .collect();
+            run_parts(parts, &|_, (u0, dst): (usize, &mut [f32])| {
+                for (i, d) in dst.chunks_exact_mut(unit).enumerate() {
+                    let u = u0 + i;
+                    let (g, q) = (u / panels, u % panels);
+                    let col0 = j0 + q * NR;
+                    let ncols = NR.min(hw - col0);
+                    let xg = &x_img[g * geo.cin_g * hw_in..(g + 1) * geo.cin_g * hw_in];
+                    fill_panel_dispatch(&geo, xg, col0, ncols, d);
+                }
+            });
+            // Phase 2: GEMM per row block.
+            let packed: &[f32] = used;
+            let ybounds: Vec<usize> = rb.iter().map(|&r| r * hw).collect();
+            let parts: Vec<(usize, &mut [f32])> = split_bounds(y_img, &ybounds)
+                .into_iter()
+                .enumerate()
+                .map(|(i, s)| (rb[i], s))
+                .collect();
+            run_parts(parts, &|ti, (r_lo, ys): (usize, &mut [f32])| {
+                let r_hi = rb[ti + 1];
+                let mut r = r_lo;
+                while r < r_hi {
+                    let g = r / cout_g;
+                    let r_end = r_hi.min((g + 1) * cout_g);
+                    let m = r_end - r;
+                    let pb = &packed[g * panels * unit..(g + 1) * panels * unit];
+                    let pb = match PackedBRef::new(kg, cw, pb) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            errors.gemm(Err(e));
+                            return;
+                        }
+                    };
+                    let gemm = Gemm {
+                        m,
+                        n: cw,
+                        k: kg,
+                        alpha: 1.0,
+                        beta: if in_place { 1.0 } else { 0.0 },
+                        a: &w[r * kg..r_end * kg],
+                        lda: kg,
+                        trans_a: false,
+                        b: BOperand::Packed(pb),
+                        epilogue: epilogue(bias, res_img, r, m, j0, hw, p.activation),
+                        threads: 1,
+                        isa: Isa::Auto,
+                    };
+                    errors.gemm(gemm.run(&mut ys[(r - r_lo) * hw + j0..], hw));
+                    r = r_end;
+                }
+            });
+            j0 += cw;
+        }
+    }
+    errors.into_result()
+}
+
+fn fill_panel_dispatch(g: &Geo, xg: &[f32], col0: usize, ncols: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        unsafe { fill_panel_avx2(g, xg, col0, ncols, dst) };
+        return;
+    }
+    fill_panel::<false>(g, xg, col0, ncols, dst);
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fill_panel_avx2(g: &Geo, xg: &[f32], col0: usize, ncols: usize, dst: &mut [f32]) {
+    fill_panel::<true>(g, xg, col0, ncols, dst);
+}
+
+/// 16 all-ones lanes then 16 zero lanes: `MASKS[16-n..][..8]` and `MASKS[24-n..][..8]` mask
+/// the first `n` of 16 lanes.
+#[cfg(target_arch = "x86_64")]
+static MASKS: [i32; 32] = [
+    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0,
+];
+
+/// `row[lane..lane + len].copy_from_slice(s)` (or `.fill(0)` without `s`) in one 16-float
+/// panel row. With `AVX` (the caller is compiled with AVX2) as vector moves instead of a libc
+/// call: a full row is two loads and two stores; a partial one blends the masked source into
+/// the row (masked loads are cheap, masked stores are not on AMD).
+#[inline(always)]
+fn copy_run<const AVX: bool>(row: &mut [f32], lane: usize, len: usize, s: Option<&[f32]>) {
+    assert!(row.len() == NR && lane + len <= NR && s.is_none_or(|s| s.len() == len));
+    #[cfg(target_arch = "x86_64")]
+    if AVX {
+        use std::arch::x86_64::*;
+        // SAFETY: AVX2 is enabled in the caller (AVX is only true inside `fill_panel_avx2`).
+        // Unmasked loads read 16 source floats only when len == 16; masked loads read only the
+        // lanes lane..lane+len, i.e. s[0..len] (the base pointer is formed with wrapping
+        // arithmetic, and masked-off lanes are not accessed); the row holds 16 floats; the
+        // MASKS offsets are in 0..=16 and 8..=24, in bounds of the 32-entry table.
+        unsafe {
+            let r = row.as_mut_ptr();
+            if len == NR {
+                let (v0, v1) = match s {
+                    None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                    Some(s) => (
+                        _mm256_loadu_ps(s.as_ptr()),
+                        _mm256_loadu_ps(s.as_ptr().add(8)),
+                    ),
+                };
+                _mm256_storeu_ps(r, v0);
+                _mm256_storeu_ps(r.add(8), v1);
+                return;
+            }
+            let mask = |n: usize| {
+                (
+                    _mm256_loadu_si256(MASKS.as_ptr().add(16 - n) as *const __m256i),
+                    _mm256_loadu_si256(MASKS.as_ptr().add(24 - n) as *const __m256i),
+                )
+            };
+            let (e0, e1) = mask(lane + len);
+            let (b0, b1) = mask(lane);
+            let m0 = _mm256_andnot_si256(b0, e0);
+            let m1 = _mm256_andnot_si256(b1, e1);
+            let (v0, v1) = match s {
+                None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+                Some(s) => {
+                    let base = s.as_ptr().wrapping_sub(lane);
+                    (
+                        _mm256_maskload_ps(base, m0),
+                        _mm256_maskload_ps(base.wrapping_add(8), m1),
+                    )
+                }
+            };
+            let o0 = _mm256_loadu_ps(r);
+            let o1 = _mm256_loadu_ps(r.add(8));
+            _mm256_storeu_ps(r, _mm256_blendv_ps(o0, v0, _mm256_castsi256_ps(m0)));
+            _mm256_storeu_ps(r.add(8), _mm256_blendv_ps(o1, v1, _mm256_castsi256_ps(m1)));
+        }
+        return;
+    }
+    let d = &mut row[lane..lane + len];
+    match s {
+        Some(s) => {
+            for (a, &b) in d.iter_mut().zip(s) {
+                *a = b;
+            }
+        }
+        None => d.iter_mut().for_each(|a| *a = 0.0),
+    }
+}
+
+/// A run of a panel's columns inside one output row.
+#[derive(Clone, Copy, Default)]
+struct PanelSeg {
+    /// First lane (column within the panel).
+    lane: usize,
+    oy: usize,
+    /// Input column of lane 0 for tap kx = 0 (may be negative: padding).
+    x0: isize,
+    len: usize,
+    /// Taps `kx_lo..kx_hi` read only inside the input row.
+    kx_lo: usize,
+    kx_hi: usize,
+}
+
+/// Writes one 16-column panel of the group's im2col matrix (`dst`: `k_g x 16`, k-major), for
+/// output columns `col0 .. col0 + ncols` (`ncols <= 16`; the rest zero). Row `k` of the matrix
+/// is `(ci, ky, kx)` in the weight's order.
+#[inline(always)]
+fn fill_panel<const AVX: bool>(g: &Geo, xg: &[f32], col0: usize, ncols: usize, dst: &mut [f32]) {
+    // Split the panel's columns into runs that lie in one output row.
+    let mut segs = [PanelSeg::default(); NR];
+    let mut nseg = 0;
+    let (w, sw, dw) = (g.w as isize, g.sw as isize, g.dw as isize);
+    let mut j = 0;
+    while j < ncols {
+        let c = col0 + j;
+        let (oy, ox) = (c / g.ow, c % g.ow);
+        let len = (ncols - j).min(g.ow - ox);
+        let x0 = (ox * g.sw) as isize - g.pl;
+        // Inside for all lanes: x0 + kx*dw >= 0 and x0 + kx*dw + (len-1)*sw <= w - 1.
+        let kx_lo = if x0 >= 0 {
+            0
+        } else {
+            ((-x0) as usize).div_ceil(g.dw)
+        };
+        let lim = w - 1 - (len as isize - 1) * sw - x0;
+        let kx_hi = if lim < 0 { 0 } else { (lim / dw + 1) as usize }.min(g.kw);
+        segs[nseg] = PanelSeg {
+            lane: j,
+            oy,
+            x0,
+            len,
+            kx_lo: kx_lo.min(kx_hi),
+            kx_hi,
+        };
+        nseg += 1;
+        j += len;
+    }
+    let segs = &segs[..nseg];
+    let kg = g.cin_g * g.kh * g.kw;
+    let dst = &mut dst[..kg * NR];
+    if ncols < NR {
+        for row in dst.chunks_exact_mut(NR) {
+            copy_run::<AVX>(row, ncols, NR - ncols, None);
+        }
+    }
+    let hw_in = g.h * g.w;
+    for ci in 0..g.cin_g {
+        let plane = &xg[ci * hw_in..(ci + 1) * hw_in];
+        for ky in 0..g.kh {
+            let kbase = (ci * g.kh + ky) * g.kw;
+            for s in segs {
+                let iy = (s.oy * g.sh + ky * g.dh) as isize - g.pt;
+                if iy < 0 || iy >= g.h as isize {
+                    for kx in 0..g.kw {
+                        let at = (kbase + kx) * NR;
+                        copy_run::<AVX>(&mut dst[at..at + NR], s.lane, s.len, None);
+                    }
+                    continue;
+                }
+                let row = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                for kx in 0..g.kw {
+                    let at = (kbase + kx) * NR;
+                    let x = s.x0 + (kx * g.dw) as isize;
+                    if kx >= s.kx_lo && kx < s.kx_hi && g.sw == 1 {
+                        let x = x as usize;
+                        let src = &row[x..x + s.len];
+                        copy_run::<AVX>(&mut dst[at..at + NR], s.lane, s.len, Some(src));
+                        continue;
+                    }
+                    let d = &mut dst[at + s.lane..at + s.lane + s.len];
+                    if kx >= s.kx_lo && kx < s.kx_hi {
+                        let x = x as usize;
+                        {
+                            let src = &row[x..=x + (s.len - 1) * g.sw];
+                            for (l, v) in d.iter_mut().enumerate() {
+                                *v = src[l * g.sw];
+                            }
+                        }
+                    } else {
+                        for (l, v) in d.iter_mut().enumerate() {
+                            let ix = x + l as isize * sw;
+                            *v = if ix >= 0 && ix < w {
+                                row[ix as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Depthwise
+// ---------------------------------------------------------------------------------------------
+
+fn depthwise(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    threads: usize,
+) {
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let plane_out = oh * ow;
+    let planes = p.n * p.c_out;
+    let taps = p.kh * p.kw;
+    let work = 2 * taps * planes * plane_out;
+    let t = task_count(threads, work, MIN_TASK_WORK / 4).min(planes.max(1));
+    let pb = even_bounds(planes, t);
+    let parts: Vec<(usize, &mut [f32])> =
+        split_bounds(y, &pb.iter().map(|&b| b * plane_out).collect::<Vec<_>>())
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| (pb[i], s))
+            .collect();
+    let pp = PaddedPlane::new(
+        (oh - 1) * p.stride_h + (p.kh - 1) * p.dilation_h + 1,
+        (ow - 1) * p.stride_w + (p.kw - 1) * p.dilation_w + 1,
+        p.stride_w,
+        p.pad_top,
+        p.pad_left,
+    );
+    let tap_off: Vec<usize> = (0..p.kh)
+        .flat_map(|ky| (0..p.kw).map(move |kx| (ky, kx)))
+        .map(|(ky, kx)| pp.tap(ky * p.dilation_h, kx * p.dilation_w))
+        .collect();
+    let mult = p.c_out / p.c_in;
+    let hw_in = p.h * p.w;
+    run_parts(parts, &|_, (pl0, ys): (usize, &mut [f32])| {
+        let mut pad = vec![0.0f32; pp.len()];
+        pp.init(0.0, &mut pad);
+        let segs = segments(oh, ow, p.stride_h * pp.row_stride);
+        let mut taps_w = vec![(0usize, 0.0f32); taps];
+        for (i, yp) in ys.chunks_exact_mut(plane_out).enumerate() {
+            let plane = pl0 + i;
+            let (ni, co) = (plane / p.c_out, plane % p.c_out);
+            let ci = co / mult;
+            let xp = &x[(ni * p.c_in + ci) * hw_in..(ni * p.c_in + ci + 1) * hw_in];
+            pp.copy_in(xp, p.h, p.w, &mut pad);
+            for (t, tw) in taps_w.iter_mut().enumerate() {
+                *tw = (tap_off[t], w[co * taps + t]);
+            }
+            let rp = match res {
+                Res::Separate(r) => Some(&r[plane * plane_out..(plane + 1) * plane_out]),
+                _ => None,
+            };
+            let job = DwPlane {
+                pad: &pad,
+                row_step: p.stride_h * pp.row_stride,
+                taps: &taps_w,
+                oh,
+                ow,
+                bias: bias.map_or(0.0, |b| b[co]),
+                res: rp,
+                in_place: matches!(res, Res::InPlace),
+                act: p.activation,
+            };
+            job.run(&segs, yp);
+        }
+    });
+}
+
+/// One output plane of a depthwise convolution over a [`PaddedPlane`].
+struct DwPlane<'a> {
+    pad: &'a [f32],
+    /// Offset between consecutive output rows in `pad`.
+    row_step: usize,
+    /// `(offset in pad, weight)` per tap.
+    taps: &'a [(usize, f32)],
+    oh: usize,
+    ow: usize,
+    bias: f32,
+    res: Option<&'a [f32]>,
+    in_place: bool,
+    act: Activation,
+}
+
+impl DwPlane<'_> {
+    fn run(&self, segs: &[Seg], y: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            let res = match (self.res, self.in_place) {
+                (Some(r), _) => SegRes::Separate(r),
+                (None, true) => SegRes::InPlace,
+                (None, false) => SegRes::None,
+            };
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            unsafe {
+                simd::dw_plane(self.pad, segs, self.taps, self.bias, res, self.act, y);
+            }
+            return;
+        }
+        if self.ow > 8 {
+            self.rows::<false, 16>(y);
+        } else {
+            self.rows::<false, 8>(y);
+        }
+    }
+
+    #[inline(always)]
+    fn rows<const FMA: bool, const B: usize>(&self, y: &mut [f32]) {
+        let ow = self.ow;
+        for oy in 0..self.oh {
+            let base = oy * self.row_step;
+            let yrow = &mut y[oy * ow..(oy + 1) * ow];
+            let rrow = self.res.map(|r| &r[oy * ow..(oy + 1) * ow]);
+            let mut ox = 0;
+            while ox < ow {
+                let len = B.min(ow - ox);
+                let mut acc = [self.bias; B];
+                for &(off, wv) in self.taps {
+                    let src: &[f32; B] = self.pad[base + off + ox..base + off + ox + B]
+                        .try_into()
+                        .expect("block of B floats");
+                    for l in 0..B {
+                        acc[l] = fmadd::<FMA>(wv, src[l], acc[l]);
+                    }
+                }
+                if let Some(r) = rrow {
+                    for (a, &v) in acc[..len].iter_mut().zip(&r[ox..ox + len]) {
+                        *a += v;
+                    }
+                } else if self.in_place {
+                    for (a, &v) in acc[..len].iter_mut().zip(&yrow[ox..ox + len]) {
+                        *a += v;
+                    }
+                }
+                self.act.apply_slice(&mut acc);
+                yrow[ox..ox + len].copy_from_slice(&acc[..len]);
+                ox += len;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ConvTranspose
+// ---------------------------------------------------------------------------------------------
+
+/// Tag word that starts an encoded [`ConvTransposeParams`] (`"CONT"`, layout version 1).
+pub const CONV_TRANSPOSE_TAG: i64 = 0x434f_4e54_0001;
+/// Number of words of an encoded [`ConvTransposeParams`].
+pub const CONV_TRANSPOSE_WORDS: usize = 19 + ACT_WORDS;
+
+/// Parameters of `pare_k_conv_transpose`: ONNX ConvTranspose on NCHW f32,
+/// `y = act(conv_transpose(x, w) + bias[c])`.
+///
+/// Input pixel `(iy, ix)` and tap `(ky, kx)` contribute to output pixel
+/// `(iy*stride_h + ky*dilation_h - pad_top, ix*stride_w + kx*dilation_w - pad_left)` when it lies
+/// inside `out_h x out_w`. The output extents are given (the backend computes them from
+/// `output_padding`, `output_shape` and the pads; see [`ConvTransposeParams::natural_out`]), so
+/// the end pads are implied.
+///
+/// **Word layout** (`encode`, [`CONV_TRANSPOSE_WORDS`] words): `[CONV_TRANSPOSE_TAG, n, c_in, h,
+/// w, c_out, kh, kw, stride_h, stride_w, dilation_h, dilation_w, pad_top, pad_left, out_h, out_w,
+/// group, has_bias, 0 (reserved), act_kind, act_p0, act_p1]`.
+///
+/// **Buffers** (`bufs`, 5 pointers): `[x, w_prepared, bias, y, scratch]`: `x` `[n, c_in, h, w]`;
+/// `w_prepared` from [`conv_transpose_prepare_weights`] (ONNX weight `[c_in, c_out/group, kh,
+/// kw]`); `bias` `[c_out]` (read only if `has_bias`); `y` `[n, c_out, out_h, out_w]`, not
+/// overlapping `x`; `scratch` of [`ConvTransposeParams::scratch_bytes`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvTransposeParams {
+    /// Batch.
+    pub n: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Input height (1 for 1-D).
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Kernel height.
+    pub kh: usize,
+    /// Kernel width.
+    pub kw: usize,
+    /// Vertical stride.
+    pub stride_h: usize,
+    /// Horizontal stride.
+    pub stride_w: usize,
+    /// Vertical dilation.
+    pub dilation_h: usize,
+    /// Horizontal dilation.
+    pub dilation_w: usize,
+    /// Padding removed above.
+    pub pad_top: usize,
+    /// Padding removed left.
+    pub pad_left: usize,
+    /// Output height.
+    pub out_h: usize,
+    /// Output width.
+    pub out_w: usize,
+    /// Groups.
+    pub group: usize,
+    /// Whether a `[c_out]` bias is added.
+    pub has_bias: bool,
+    /// Applied last.
+    pub activation: Activation,
+}
+
+impl ConvTransposeParams {
+    /// ONNX's output extent for one axis:
+    /// `stride*(input-1) + output_padding + (kernel-1)*dilation + 1 - pad_begin - pad_end`
+    /// (None if negative).
+    pub fn natural_out(
+        input: usize,
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        pad_begin: usize,
+        pad_end: usize,
+        output_padding: usize,
+    ) -> Option<usize> {
+        (stride * input.saturating_sub(1) + output_padding + (kernel.max(1) - 1) * dilation + 1)
+            .checked_sub(pad_begin + pad_end)
+    }
+
+    /// The words of this block (see the struct doc).
+    pub fn encode(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = vec![CONV_TRANSPOSE_TAG];
+        v.extend(
+            [
+                self.n,
+                self.c_in,
+                self.h,
+                self.w,
+                self.c_out,
+                self.kh,
+                self.kw,
+                self.stride_h,
+                self.stride_w,
+                self.dilation_h,
+                self.dilation_w,
+                self.pad_top,
+                self.pad_left,
+                self.out_h,
+                self.out_w,
+                self.group,
+                self.has_bias as usize,
+                0,
+            ]
+            .iter()
+            .map(|&x| x as i64),
+        );
+        encode_activation(&self.activation, &mut v);
+        v
+    }
+
+    /// Parses and validates words produced by [`ConvTransposeParams::encode`].
+    pub fn decode(words: &[i64]) -> Option<Self> {
+        if words.len() != CONV_TRANSPOSE_WORDS || words[0] != CONV_TRANSPOSE_TAG || words[18] != 0 {
+            return None;
+        }
+        let u = |i: usize| word_usize(words[i]);
+        let p = ConvTransposeParams {
+            n: u(1)?,
+            c_in: u(2)?,
+            h: u(3)?,
+            w: u(4)?,
+            c_out: u(5)?,
+            kh: u(6)?,
+            kw: u(7)?,
+            stride_h: u(8)?,
+            stride_w: u(9)?,
+            dilation_h: u(10)?,
+            dilation_w: u(11)?,
+            pad_top: u(12)?,
+            pad_left: u(13)?,
+            out_h: u(14)?,
+            out_w: u(15)?,
+            group: u(16)?,
+            has_bias: word_bool(words[17])?,
+            activation: decode_activation(&words[19..22])?,
+        };
+        p.validate().ok()?;
+        Some(p)
+    }
+
+    /// Checks the parameters and that buffer sizes fit in `usize`.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        let dims = [
+            self.n,
+            self.c_in,
+            self.h,
+            self.w,
+            self.c_out,
+            self.kh,
+            self.kw,
+            self.stride_h,
+            self.stride_w,
+            self.dilation_h,
+            self.dilation_w,
+            self.pad_top,
+            self.pad_left,
+            self.out_h,
+            self.out_w,
+            self.group,
+        ];
+        if dims.iter().any(|&d| d > MAX_DIM) {
+            return Err(KernelError::params(
+                "a conv_transpose dimension exceeds i32::MAX",
+            ));
+        }
+        if dims[..11].contains(&0) || self.group == 0 {
+            return Err(KernelError::params(
+                "conv_transpose sizes, kernel, strides, dilations and group must be positive",
+            ));
+        }
+        if !self.c_in.is_multiple_of(self.group) || !self.c_out.is_multiple_of(self.group) {
+            return Err(KernelError::params(
+                "conv_transpose channels not divisible by group",
+            ));
+        }
+        self.activation
+            .validate()
+            .map_err(|e| KernelError::params(e.to_string()))?;
+        let sizes = [
+            prod(&[self.n, self.c_in, self.h, self.w]),
+            prod(&[self.n, self.c_out, self.out_h, self.out_w]),
+            prod(&[self.c_in, self.c_out, self.kh, self.kw]),
+            prod(&[self.c_out, self.kh, self.kw, self.h * self.w, 4]),
+            prod(&[
+                self.stride_h + self.dilation_h,
+                self.h + self.kh + self.out_h,
+            ]),
+            prod(&[
+                self.stride_w + self.dilation_w,
+                self.w + self.kw + self.out_w,
+            ]),
+        ];
+        if sizes.iter().any(|s| s.is_none()) {
+            return Err(KernelError::params("conv_transpose sizes overflow usize"));
+        }
+        Ok(())
+    }
+
+    /// Elements of `x`.
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+
+    /// Elements of `y`.
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.out_h * self.out_w
+    }
+
+    /// Elements of the ONNX weight `[c_in, c_out/group, kh, kw]` (and of the prepared one).
+    pub fn w_len(&self) -> usize {
+        self.c_in * (self.c_out / self.group) * self.kh * self.kw
+    }
+
+    /// Rows of one group's column matrix (`c_out/group * kh * kw`).
+    fn m_group(&self) -> usize {
+        self.c_out / self.group * self.kh * self.kw
+    }
+
+    /// Input positions per GEMM chunk.
+    fn chunk_cols(&self) -> usize {
+        let hw = self.h * self.w;
+        let target = (CHUNK_FLOATS / self.m_group().max(1)) / NR * NR;
+        target.max(NR).min(hw)
+    }
+
+    /// Bytes of scratch the kernel needs (with 64 bytes of slack for alignment).
+    pub fn scratch_bytes(&self) -> usize {
+        self.m_group() * self.chunk_cols() * 4 + 64
+    }
+}
+
+/// The ONNX weight `[c_in, c_out/group, kh, kw]` in the layout [`conv_transpose`] reads
+/// (currently the same). Panics if `w` is shorter than [`ConvTransposeParams::w_len`].
+pub fn conv_transpose_prepare_weights(p: &ConvTransposeParams, w: &[f32]) -> Vec<f32> {
+    w[..p.w_len()].to_vec()
+}
+
+/// Computes the transposed convolution (see [`ConvTransposeParams`]).
+pub fn conv_transpose(
+    p: &ConvTransposeParams,
+    x: &[f32],
+    w_prepared: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    scratch: &mut [u8],
+    threads: usize,
+) -> Result<(), KernelError> {
+    p.validate()?;
+    if bias.is_some() != p.has_bias {
+        return Err(KernelError::params("bias presence does not match has_bias"));
+    }
+    need_len("x", x.len(), p.x_len())?;
+    need_len("w_prepared", w_prepared.len(), p.w_len())?;
+    need_len("y", y.len(), p.y_len())?;
+    if let Some(b) = bias {
+        need_len("bias", b.len(), p.c_out)?;
+    }
+    let threads = threads.max(1);
+    let chunk = p.chunk_cols();
+    let mg = p.m_group();
+    let col = scratch_f32(scratch, mg * chunk)?;
+    let (hw_in, ohw) = (p.h * p.w, p.out_h * p.out_w);
+    let (cin_g, cout_g) = (p.c_in / p.group, p.c_out / p.group);
+    let y = &mut y[..p.y_len()];
+    for ni in 0..p.n {
+        let x_img = &x[ni * p.c_in * hw_in..(ni + 1) * p.c_in * hw_in];
+        let y_img = &mut y[ni * p.c_out * ohw..(ni + 1) * p.c_out * ohw];
+        for (co, plane) in y_img.chunks_exact_mut(ohw).enumerate() {
+            plane.fill(bias.map_or(0.0, |b| b[co]));
+        }
+        for g in 0..p.group {
+            let wg = &w_prepared[g * cin_g * mg..(g + 1) * cin_g * mg];
+            let xg = &x_img[g * cin_g * hw_in..(g + 1) * cin_g * hw_in];
+            let yg = &mut y_img[g * cout_g * ohw..(g + 1) * cout_g * ohw];
+            let mut j0 = 0;
+            while j0 < hw_in {
+                let cw = chunk.min(hw_in - j0);
+                let gemm = Gemm {
+                    m: mg,
+                    n: cw,
+                    k: cin_g,
+                    alpha: 1.0,
+                    beta: 0.0,
+                    a: wg,
+                    lda: mg,
+                    trans_a: true,
+                    b: BOperand::Dense {
+                        data: &xg[j0..],
+                        ld: hw_in,
+                        trans: false,
+                    },
+                    epilogue: Epilogue::default(),
+                    threads,
+                    isa: Isa::Auto,
+                };
+                let colc = &mut col[..mg * cw];
+                gemm.run(colc, cw)
+                    .map_err(|e| KernelError::internal(format!("GEMM rejected a call: {e}")))?;
+                let colc: &[f32] = colc;
+                let t = task_count(threads, mg * cw, MIN_TASK_WORK / 4).min(cout_g);
+                let cb = even_bounds(cout_g, t);
+                let parts: Vec<(usize, &mut [f32])> =
+                    split_bounds(yg, &cb.iter().map(|&c| c * ohw).collect::<Vec<_>>())
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, s)| (cb[i], s))
+                        .collect();
+                run_parts(parts, &|_, (c0, ys): (usize, &mut [f32])| {
+                    for (i, plane) in ys.chunks_exact_mut(ohw).enumerate() {
+                        col2im_plane(p, colc, c0 + i, j0, cw, plane);
+                    }
+                });
+                j0 += cw;
+            }
+        }
+        if p.activation != Activation::Identity {
+            let t = task_count(threads, y_img.len(), MIN_TASK_WORK / 4).min(p.c_out);
+            let cb = even_bounds(p.c_out, t);
+            let parts = split_bounds(y_img, &cb.iter().map(|&c| c * ohw).collect::<Vec<_>>());
+            run_parts(parts, &|_, ys: &mut [f32]| p.activation.apply_slice(ys));
+        }
+    }
+    Ok(())
+}
+
+/// Adds the column rows of output channel `co` (within its group) for input positions
+/// `j0..j0+cw` into its plane.
+fn col2im_plane(
+    p: &ConvTransposeParams,
+    col: &[f32],
+    co: usize,
+    j0: usize,
+    cw: usize,
+    y: &mut [f32],
+) {
+    let (oh, ow) = (p.out_h as isize, p.out_w as isize);
+    let sw = p.stride_w;
+    for ky in 0..p.kh {
+        for kx in 0..p.kw {
+            let r = (co * p.kh + ky) * p.kw + kx;
+            let crow = &col[r * cw..(r + 1) * cw];
+            let xoff = (kx * p.dilation_w) as isize - p.pad_left as isize;
+            // Valid input columns: 0 <= ix*sw + xoff < ow.
+            let ix_lo = if xoff >= 0 {
+                0
+            } else {
+                ((-xoff) as usize).div_ceil(sw)
+            };
+            let ix_hi = if ow - xoff <= 0 {
+                0
+            } else {
+                ((ow - xoff) as usize).div_ceil(sw).min(p.w)
+            };
+            let mut j = 0;
+            while j < cw {
+                let pos = j0 + j;
+                let (iy, ix0) = (pos / p.w, pos % p.w);
+                let len = (cw - j).min(p.w - ix0);
+                let oy = (iy * p.stride_h + ky * p.dilation_h) as isize - p.pad_top as isize;
+                if oy >= 0 && oy < oh {
+                    let yrow = &mut y[oy as usize * p.out_w..(oy as usize + 1) * p.out_w];
+                    let a = ix_lo.max(ix0);
+                    let b = ix_hi.min(ix0 + len);
+                    if a < b {
+                        let src = &crow[j + a - ix0..j + b - ix0];
+                        let o0 = (a as isize * sw as isize + xoff) as usize;
+                        if sw == 1 {
+                            for (d, &s) in yrow[o0..o0 + (b - a)].iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        } else {
+                            for (d, &s) in yrow[o0..].iter_mut().step_by(sw).zip(src) {
+                                *d += s;
+                            }
+                        }
+                    }
+                }
+                j += len;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// C entry points
+// ---------------------------------------------------------------------------------------------
+
+/// `Conv` kernel (see [`ConvParams`] for the words and buffers).
+///
+/// # Safety
+/// `params` points to an encoded [`ConvParams`] (or at least one word that is not its tag);
+/// `bufs` to 6 pointers satisfying the buffer contract of [`ConvParams`].
+#[no_mangle]
+pub unsafe extern "C" fn pare_k_conv(
+    params: *const i64,
+    bufs: *const *mut u8,
+    threads: usize,
+) -> i32 {
+    c_guard(|| {
+        // SAFETY: the caller's contract on `params`.
+        let words = unsafe { c_params(params, CONV_TAG, CONV_WORDS) }?;
+        let p = ConvParams::decode(words).ok_or(STATUS_PARAMS)?;
+        // SAFETY: the caller's contract on `bufs`.
+        let b = unsafe { c_bufs(bufs, 6) }?;
+        // SAFETY (all slices below): the buffer contract gives each pointer the length its
+        // shape implies; inputs are not written and `y` is not aliased, except an in-place
+        // residual, which is then not made into a separate slice.
+        let x = unsafe { c_in(b[0], p.x_len()) }?;
+        let w = unsafe { c_in(b[1], p.prepared_len()) }?;
+        let bias = if p.has_bias {
+            Some(unsafe { c_in(b[2], p.c_out) }?)
+        } else {
+            None
+        };
+        let in_place = p.has_residual && b[3] == b[4];
+        let res = if !p.has_residual {
+            Res::None
+        } else if in_place {
+            Res::InPlace
+        } else {
+            Res::Separate(unsafe { c_in(b[3], p.y_len()) }?)
+        };
+        let y = unsafe { c_out(b[4], p.y_len()) }?;
+        let scratch = unsafe { c_scratch(b[5], p.scratch_bytes()) }?;
+        conv_impl(&p, x, w, bias, res, y, scratch, threads).map_err(|e| e.status)
+    })
+}
+
+/// `ConvTranspose` kernel (see [`ConvTransposeParams`] for the words and buffers).
+///
+/// # Safety
+/// `params` points to an encoded [`ConvTransposeParams`] (or at least one word that is not its
+/// tag); `bufs` to 5 pointers satisfying the buffer contract of [`ConvTransposeParams`].
+#[no_mangle]
+pub unsafe extern "C" fn pare_k_conv_transpose(
+    params: *const i64,
+    bufs: *const *mut u8,
+    threads: usize,
+) -> i32 {
+    c_guard(|| {
+        // SAFETY: the caller's contract on `params`.
+        let words = unsafe { c_params(params, CONV_TRANSPOSE_TAG, CONV_TRANSPOSE_WORDS) }?;
+        let p = ConvTransposeParams::decode(words).ok_or(STATUS_PARAMS)?;
+        // SAFETY: the caller's contract on `bufs`.
+        let b = unsafe { c_bufs(bufs, 5) }?;
+        // SAFETY (all slices below): the buffer contract gives each pointer the length its
+        // shape implies; inputs are not written and `y` / `scratch` are not aliased.
+        let x = unsafe { c_in(b[0], p.x_len()) }?;
+        let w = unsafe { c_in(b[1], p.w_len()) }?;
+        let bias = if p.has_bias {
+            Some(unsafe { c_in(b[2], p.c_out) }?)
+        } else {
+            None
+        };
+        let y = unsafe { c_out(b[3], p.y_len()) }?;
+        let scratch = unsafe { c_scratch(b[4], p.scratch_bytes()) }?;
+        conv_transpose(&p, x, w, bias, y, scratch, threads).map_err(|e| e.status)
+    })
+}
