@@ -77,8 +77,8 @@ def ort_run(model, ds, threads, repeat):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def pare_run(exe, ds, threads, repeat):
-    out = subprocess.run([exe, "--inputs", ds, "--bench", str(repeat), "--threads", str(threads)],
+def pare_run(exe, inputs, threads, repeat):
+    out = subprocess.run([exe, "--inputs", *inputs, "--bench", str(repeat), "--threads", str(threads)],
                          check=True, capture_output=True, text=True).stdout
     return {
         "median": float(re.search(r"median_ms=([0-9.]+)", out).group(1)),
@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--models", default="")
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--no-gemm", action="store_true", help="skip the SGEMM table")
     a = ap.parse_args()
     if not os.path.exists(PARE):
         sys.exit("build first: cargo build --release -p pare-cli")
@@ -115,17 +116,33 @@ def main():
         ds = os.path.join(ROOT, "tests", "models", name, "test_data_set_0")
         shapes = input_shapes(ds)
         names = model_inputs(model)
-        shape_arg = ",".join(f"{n}={'x'.join(map(str, s))}" for n, (_, s) in zip(names, shapes))
+        # Scalar inputs (a sample rate) are deployment constants: bound at compile time.
+        import onnx
+        from onnx import numpy_helper
+        binds, shape_items, run_inputs = [], [], []
+        for k, (n, (_, s)) in enumerate(zip(names, shapes)):
+            t = onnx.TensorProto()
+            t.ParseFromString(open(os.path.join(ds, f"input_{k}.pb"), "rb").read())
+            arr = numpy_helper.to_array(t)
+            if len(s) == 0:
+                binds.append(f"{n}={arr.item()}")
+            else:
+                shape_items.append(f"{n}={'x'.join(map(str, s))}")
+                path = os.path.join(tmp, f"{name}.{k}.npy")
+                np.save(path, arr)
+                run_inputs.append(f"{n}={path}")
         exe = os.path.join(tmp, name)
         report = os.path.join(tmp, name + ".json")
-        c = subprocess.run([PARE, "compile", model, "--emit", "exe", "-o", exe, "--shape", shape_arg, "--report", report],
-                           capture_output=True, text=True)
+        cmd = [PARE, "compile", model, "--emit", "exe", "-o", exe, "--shape", ",".join(shape_items), "--report", report]
+        if binds:
+            cmd += ["--bind", ",".join(binds)]
+        c = subprocess.run(cmd, capture_output=True, text=True)
         if c.returncode != 0:
             skipped.append((name, c.stderr.strip().splitlines()[-1] if c.stderr.strip() else "failed"))
             continue
         rep = json.load(open(report))
         for t in threads:
-            p = pare_run(exe, ds, t, a.repeat)
+            p = pare_run(exe, run_inputs, t, a.repeat)
             o = ort_run(model, ds, t, a.repeat)
             rows.append((name, "; ".join("x".join(map(str, s)) for _, s in shapes), t, p, o, rep["compile_s"]))
     lines = [f"Median of {a.repeat} runs after one warm-up; inputs: test_data_set_0; onnxruntime "
@@ -144,7 +161,7 @@ def main():
     for n, why in skipped:
         lines.append(f"- not compiled: {n}: {why}")
     table = "\n".join(lines).rstrip() + "\n"
-    gemm = gemm_table()
+    gemm = "" if a.no_gemm and not a.write else gemm_table()
     print(table)
     print(gemm)
     if a.write:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The main job on a bundled real model: fetch it, build pare, inspect it, run it on a fixture
 # input, canonicalize it (folding, fusion, layout clean-up) with a report, measure the fidelity of
-# the result against the original, and check that onnxruntime runs it with the same outputs.
+# the result against the original, check that onnxruntime runs it with the same outputs, then
+# compile it to a native executable, check its outputs and time it against onnxruntime.
 # Usage: scripts/demo.sh [MODEL_NAME]   (a name from tests/models/models.json; default minilm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=${1:-minilm}
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
 python3 scripts/fetch_models.py "$name"
+./scripts/setup_llvm.sh
 cargo build --release -q -p pare-cli
 pare=target/release/pare
 model=.cache/models/$name.onnx
@@ -31,3 +33,33 @@ echo "== pare eval: original vs canonicalized on tests/models/$name"
 echo
 echo "== onnxruntime on the canonicalized model vs onnxruntime on the original"
 python3 scripts/ort_compare.py --rtol 1e-5 "$model=$out/$name.opt.onnx=tests/models/$name"
+echo
+shape=$(python3 - "$model" "tests/models/$name/test_data_set_0" <<'PY'
+import sys, os, onnx
+m = onnx.load(sys.argv[1], load_external_data=False)
+init = {i.name for i in m.graph.initializer}
+names = [i.name for i in m.graph.input if i.name not in init]
+dims = []
+for k in range(len(names)):
+    t = onnx.TensorProto(); t.ParseFromString(open(os.path.join(sys.argv[2], f"input_{k}.pb"), "rb").read())
+    dims.append("x".join(map(str, t.dims)))
+print(",".join(f"{n}={d}" for n, d in zip(names, dims)))
+PY
+)
+echo "== pare compile --emit exe --shape $shape (native code for this CPU)"
+"$pare" compile "$out/$name.opt.onnx" --shape "$shape" --emit exe -o "$out/$name.exe"
+"$out/$name.exe" --inputs "tests/models/$name/test_data_set_0" --out "$out/compiled"
+python3 - "$out/outputs" "$out/compiled" <<'PY'
+import sys, glob, os
+import numpy as np
+worst = 0.0
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.npy"))):
+    a = np.load(f); b = np.load(os.path.join(sys.argv[2], os.path.basename(f)))
+    err = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max() / max(np.abs(a).max(), 1e-6))
+    worst = max(worst, err)
+    print(f"  {os.path.basename(f)}: max|compiled - interpreter| / scale = {err:.2e}")
+sys.exit(0 if worst <= 1e-4 else "compiled outputs differ from the interpreter")
+PY
+echo "== timing: compiled executable vs onnxruntime (1 thread, median of 50 runs)"
+"$out/$name.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1 | head -1
+python3 benches/compiled_vs_ort.py --models "$name" --threads 1 --repeat 50 --no-gemm | grep -E "^\| $name|Geometric"

@@ -376,7 +376,10 @@ pub fn emit<'c>(cx: &'c Context, plan: &Plan, ex: &Exports) -> Result<Module<'c>
                         b.build_store(q, a)?;
                     }
                     let outer = i64t.const_int(sig.outer, false);
-                    if sig.numel >= PARALLEL_MIN_ELEMS && sig.outer > 1 {
+                    if sig.numel == 0 {
+                        // Empty tensors: nothing to compute (the loop nest runs its body at
+                        // least once per row).
+                    } else if sig.numel >= PARALLEL_MIN_ELEMS && sig.outer > 1 {
                         let fp = f.as_global_value().as_pointer_value();
                         b.build_call(
                             par_for,
@@ -403,11 +406,9 @@ pub fn emit<'c>(cx: &'c Context, plan: &Plan, ex: &Exports) -> Result<Module<'c>
             status_phi.add_incoming(&[(st, *bb)]);
         }
         if fail_edges.is_empty() {
-            // No kernel can fail: the failure block is unreachable but must be well formed.
-            let b2 = cx.create_builder();
-            b2.position_at_end(fail);
-            let _ = b2;
-            status_phi.add_incoming(&[(&i32t.const_zero(), entry)]);
+            // No kernel can fail: the failure block has no predecessors; drop it.
+            fail.remove_from_function()
+                .map_err(|_| BackendError::Llvm("cannot remove the unused failure block".into()))?;
         }
     }
     // Descriptor and api().

@@ -54,55 +54,56 @@ pub fn is_elementwise(g: &Graph, n: NodeId) -> bool {
     {
         return false;
     }
-    match &node.op {
+    matches!(
+        &node.op,
         Op::Abs
-        | Op::Neg
-        | Op::Exp
-        | Op::Log
-        | Op::Sqrt
-        | Op::Reciprocal
-        | Op::Relu
-        | Op::Sigmoid
-        | Op::Tanh
-        | Op::Erf
-        | Op::Floor
-        | Op::Ceil
-        | Op::Round
-        | Op::Sign
-        | Op::Not
-        | Op::IsNaN
-        | Op::Softplus
-        | Op::Sin
-        | Op::Cos
-        | Op::HardSwish
-        | Op::HardSigmoid(_)
-        | Op::LeakyRelu(_)
-        | Op::Elu(_)
-        | Op::Gelu(_)
-        | Op::Cast(_)
-        | Op::Clip
-        | Op::Add
-        | Op::Sub
-        | Op::Mul
-        | Op::Div
-        | Op::Pow
-        | Op::Max
-        | Op::Min
-        | Op::Sum
-        | Op::Mean
-        | Op::Equal
-        | Op::Less
-        | Op::Greater
-        | Op::LessOrEqual
-        | Op::GreaterOrEqual
-        | Op::And
-        | Op::Or
-        | Op::Xor
-        | Op::Where
-        | Op::PRelu => true,
-        Op::Mish | Op::Softsign => true,
-        _ => false,
-    }
+            | Op::Neg
+            | Op::Exp
+            | Op::Log
+            | Op::Sqrt
+            | Op::Reciprocal
+            | Op::Relu
+            | Op::Sigmoid
+            | Op::Tanh
+            | Op::Erf
+            | Op::Floor
+            | Op::Ceil
+            | Op::Round
+            | Op::Sign
+            | Op::Not
+            | Op::IsNaN
+            | Op::Softplus
+            | Op::Sin
+            | Op::Cos
+            | Op::HardSwish
+            | Op::HardSigmoid(_)
+            | Op::LeakyRelu(_)
+            | Op::Elu(_)
+            | Op::Gelu(_)
+            | Op::Cast(_)
+            | Op::Clip
+            | Op::Add
+            | Op::Sub
+            | Op::Mul
+            | Op::Div
+            | Op::Pow
+            | Op::Max
+            | Op::Min
+            | Op::Sum
+            | Op::Mean
+            | Op::Equal
+            | Op::Less
+            | Op::Greater
+            | Op::LessOrEqual
+            | Op::GreaterOrEqual
+            | Op::And
+            | Op::Or
+            | Op::Xor
+            | Op::Where
+            | Op::PRelu
+            | Op::Mish
+            | Op::Softsign
+    )
 }
 
 /// Element strides of `in_shape` broadcast to `out` (right-aligned; 0 where broadcast).
@@ -748,10 +749,10 @@ fn eval_node<'c>(
                 return Err(unsupported());
             }
             match e.map(|v| v[0]) {
-                Some(x) if x == 2.0 => f1(&|a| gen.fmul(a, a))?,
-                Some(x) if x == 1.0 => x0,
-                Some(x) if x == 0.5 => f1(&|a| gen.call1("llvm.sqrt", a))?,
-                Some(x) if x == 3.0 => f1(&|a| gen.fmul(gen.fmul(a, a)?, a))?,
+                Some(2.0) => f1(&|a| gen.fmul(a, a))?,
+                Some(1.0) => x0,
+                Some(0.5) => f1(&|a| gen.call1("llvm.sqrt", a))?,
+                Some(3.0) => f1(&|a| gen.fmul(gen.fmul(a, a)?, a))?,
                 _ => {
                     let yk = kind(dtype(g, node.inputs()[1].expect("exponent"))?)?;
                     let yf = match yk {

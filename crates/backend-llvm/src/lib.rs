@@ -103,6 +103,9 @@ pub struct Options {
     pub symbols: HashMap<String, u64>,
     /// Whole input shapes by input name.
     pub input_shapes: HashMap<String, Vec<u64>>,
+    /// Inputs fixed to a value at compile time (`sr=16000`): they become constants and leave the
+    /// artifact's inputs, and branches on them fold away.
+    pub input_values: HashMap<String, pare_ir::Tensor>,
     /// Pipeline run before lowering (after binding).
     pub pipeline: String,
     /// Target and CPU.
@@ -118,6 +121,7 @@ impl Default for Options {
         Options {
             symbols: HashMap::new(),
             input_shapes: HashMap::new(),
+            input_values: HashMap::new(),
             pipeline: pare_passes::CANONICALIZE.to_string(),
             target: Target::host(),
             prefix: "pare_model".into(),
@@ -155,8 +159,61 @@ pub struct CompileStats {
     pub kernels: Vec<(String, usize)>,
 }
 
-/// Binds shapes, runs the pipeline and checks every value is static.
+/// Replaces the inputs named in `values` by constants (checked against the input's type).
+pub fn bind_values(
+    g: &mut pare_ir::Graph,
+    values: &HashMap<String, pare_ir::Tensor>,
+) -> Result<()> {
+    for (name, t) in values {
+        let Some(pos) = g.inputs().iter().position(|&v| g.value(v).name == *name) else {
+            let names: Vec<String> = g
+                .inputs()
+                .iter()
+                .map(|&v| g.value(v).name.clone())
+                .collect();
+            return Err(BackendError::Prepare(format!(
+                "--bind {name}: no such input (inputs: {})",
+                names.join(", ")
+            )));
+        };
+        let v = g.inputs()[pos];
+        let ty = g.value(v).ty.clone();
+        if let Some(d) = ty.dtype {
+            if d != t.dtype() {
+                return Err(BackendError::Prepare(format!(
+                    "--bind {name}: the input is {}, the value {}",
+                    d.name(),
+                    t.dtype().name()
+                )));
+            }
+        }
+        if let Some(s) = ty.shape.as_ref() {
+            let ok = s.rank() == t.shape().len()
+                && s.0
+                    .iter()
+                    .zip(t.shape())
+                    .all(|(d, &n)| d.fixed().is_none_or(|f| f == n as u64));
+            if !ok {
+                return Err(BackendError::Prepare(format!(
+                    "--bind {name}: shape {:?} does not fit the input's {s}",
+                    t.shape()
+                )));
+            }
+        }
+        let c = g.add_const(format!("{name}.bound"), t.clone());
+        g.replace_all_uses(v, c);
+        if !g.remove_unused_input(pos) {
+            return Err(BackendError::Internal(format!(
+                "input {name} still in use after binding"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Binds values and shapes, runs the pipeline and checks every value is static.
 pub fn prepare(g: &mut pare_ir::Graph, opts: &Options) -> Result<()> {
+    bind_values(g, &opts.input_values)?;
     if !opts.symbols.is_empty() || !opts.input_shapes.is_empty() {
         pare_ir::infer::bind_dims(g, &opts.symbols, &opts.input_shapes)
             .map_err(|e| BackendError::Prepare(e.to_string()))?;

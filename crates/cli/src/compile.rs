@@ -35,6 +35,10 @@ pub struct CompileArgs {
     /// Bind symbolic input dims: `N=1,seq=128` (a symbol) or `x=1x3x224x224` (a whole input).
     #[arg(long, value_delimiter = ',')]
     shape: Vec<String>,
+    /// Fix inputs to values at compile time, e.g. `sr=16000` (a scalar of the input's type):
+    /// they are no longer inputs of the artifact, and branches on them are folded.
+    #[arg(long, value_delimiter = ',')]
+    bind: Vec<String>,
     /// CPU to generate code for: `native` (default: this machine, all its features) or an LLVM
     /// CPU name such as `x86-64-v3` (AVX2+FMA), `haswell`, `znver3`.
     #[arg(long, default_value = "native")]
@@ -80,7 +84,26 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     pare_passes::registry()
         .build(&pipeline)
         .map_err(|e| anyhow::anyhow!("--passes: {e}"))?;
+    let mut input_values = std::collections::HashMap::new();
+    for b in &a.bind {
+        let Some((name, val)) = b.split_once('=') else {
+            bail!("--bind {b}: expected NAME=VALUE")
+        };
+        let v = m
+            .graph
+            .inputs()
+            .iter()
+            .copied()
+            .find(|&v| m.graph.value(v).name == name);
+        let Some(v) = v else {
+            bail!("--bind {b}: the model has no input '{name}'")
+        };
+        let dt = m.graph.value(v).ty.dtype.unwrap_or(pare_ir::DType::F32);
+        let t = scalar_tensor(dt, val).with_context(|| format!("--bind {b}"))?;
+        input_values.insert(name.to_string(), t);
+    }
     let opts = Options {
+        input_values,
         symbols: bindings.symbols.clone(),
         input_shapes: bindings.inputs.clone(),
         pipeline,
@@ -157,4 +180,17 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
             .with_context(|| format!("writing {}", r.display()))?;
     }
     Ok(())
+}
+
+/// A scalar (or rank-1 of one element, matching the input's rank later) of `dt` parsed from text.
+fn scalar_tensor(dt: pare_ir::DType, s: &str) -> Result<pare_ir::Tensor> {
+    use pare_ir::{DType, Tensor};
+    Ok(match dt {
+        DType::F32 => Tensor::scalar(s.parse::<f32>()?),
+        DType::F64 => Tensor::scalar(s.parse::<f64>()?),
+        DType::I64 => Tensor::scalar(s.parse::<i64>()?),
+        DType::I32 => Tensor::scalar(s.parse::<i32>()?),
+        DType::Bool => Tensor::scalar(matches!(s, "1" | "true")),
+        d => bail!("values of type {} cannot be bound", d.name()),
+    })
 }

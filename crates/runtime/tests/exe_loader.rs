@@ -420,7 +420,7 @@ fn loader_info_run_and_errors() {
     assert!(e.to_string().contains("output 1 'ids/argmax'"), "{e}");
     // Misaligned f32 input (one of the two offsets is not a multiple of 4).
     let shifted = [0u8; 25];
-    let start = usize::from((shifted.as_ptr() as usize + 1) % 4 != 0);
+    let start = usize::from(!(shifted.as_ptr() as usize + 1).is_multiple_of(4));
     let e = s.run(
         &[&shifted[start..start + 24], &off.data],
         &mut [&mut yb, &mut ib],

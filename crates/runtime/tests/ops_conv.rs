@@ -240,7 +240,10 @@ impl Case {
     }
 }
 
-fn inputs(p: &ConvParams, seed: u64) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Option<Vec<f32>>) {
+/// `(x, w, bias, residual)` of a case.
+type Inputs = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Option<Vec<f32>>);
+
+fn inputs(p: &ConvParams, seed: u64) -> Inputs {
     let x = fill(p.x_len(), seed);
     let w = fill(p.w_len(), seed + 1);
     let b = p.has_bias.then(|| fill(p.c_out, seed + 2));
@@ -381,6 +384,20 @@ fn conv_fixed_shapes() {
             .pad(1, 1, 1, 1)
             .epi(true, false, Relu),
         case(1, 128, (9, 9), 20, (3, 3)).pad(1, 1, 1, 1),
+        // big enough for several threads (im2col tiles, GEMM threads, depthwise planes)
+        case(1, 32, (20, 20), 48, (3, 3))
+            .g(2)
+            .pad(1, 1, 1, 1)
+            .epi(true, true, Gelu),
+        case(2, 16, (23, 37), 40, (3, 3))
+            .s(2, 1)
+            .pad(1, 0, 1, 2)
+            .epi(true, false, Relu),
+        case(1, 64, (32, 32), 128, (1, 1)).epi(true, true, Relu),
+        case(2, 32, (30, 30), 32, (3, 3))
+            .g(32)
+            .pad(1, 1, 1, 1)
+            .epi(true, true, Relu),
         // 1-D
         Case::one_d(1, 4, 20, 6, 3).pad(0, 1, 0, 1),
         Case::one_d(2, 8, 33, 8, 5)
@@ -484,6 +501,9 @@ fn conv_in_place_residual() {
         case(1, 8, (9, 9), 12, (3, 3)).pad(1, 1, 1, 1),
         case(1, 8, (9, 9), 8, (3, 3)).g(8).pad(1, 1, 1, 1),
         case(2, 8, (9, 9), 12, (1, 1)),
+        case(1, 32, (20, 20), 48, (3, 3)).g(2).pad(1, 1, 1, 1),
+        case(2, 32, (30, 30), 32, (3, 3)).g(32).pad(1, 1, 1, 1),
+        case(1, 64, (32, 32), 128, (1, 1)),
     ] {
         let c = c.epi(true, true, Activation::Relu);
         let p = c.p;
@@ -717,7 +737,9 @@ fn check_t(c: &TCase, seed: u64) {
 #[test]
 fn conv_transpose_shapes() {
     let z = [0, 0, 0, 0];
+    let one = [1, 1, 1, 1];
     let cases = vec![
+        tcase(1, 32, (24, 24), 32, (4, 4), (2, 2), (1, 1), one, [0, 0], 1),
         tcase(1, 4, (3, 3), 6, (2, 2), (2, 2), (1, 1), z, [0, 0], 2),
         tcase(1, 3, (5, 4), 2, (3, 3), (1, 1), (1, 1), z, [0, 0], 1),
         tcase(

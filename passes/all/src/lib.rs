@@ -1,7 +1,7 @@
 //! Every built-in pass in one [`Registry`], plus the named pipelines.
 //!
 //! `canonicalize` is the exact clean-up every other pipeline starts from: constant and shape
-//! folding, dead-code and common-subexpression elimination, BatchNormalization folding,
+//! folding, inlining of If nodes with a constant condition, dead-code and common-subexpression elimination, BatchNormalization folding,
 //! MatMul+Add → Gemm, LayerNormalization / GELU / attention recognition and transpose/reshape
 //! elimination, repeated until nothing changes.
 
@@ -11,7 +11,8 @@ use pare_pass::Registry;
 pub use report::{Calibrate, Cost, Coupling};
 
 /// The steps of the `canonicalize` pipeline.
-pub const CANONICALIZE: &str = "fold-constants,fold-shapes,dce,cse,fold-batchnorm,fuse-gemm,\
+pub const CANONICALIZE: &str =
+    "fold-constants,fold-if,fold-shapes,dce,cse,fold-batchnorm,fuse-gemm,\
 fuse-layernorm,fuse-gelu,fuse-attention,simplify-layout,dce";
 
 /// A registry with every built-in pass and named pipeline.
@@ -39,8 +40,8 @@ pub fn register(reg: &mut Registry) {
     );
     reg.register_pipeline(
         "canonicalize",
-        "exact clean-up: folding, DCE, CSE, BN folding, Gemm/LayerNorm/GELU/attention fusion, \
-         layout simplification (repeated to a fixpoint)",
+        "exact clean-up: folding, constant-condition If inlining, DCE, CSE, BN folding, \
+         Gemm/LayerNorm/GELU/attention fusion, layout simplification (repeated to a fixpoint)",
         CANONICALIZE,
         true,
     );

@@ -4,18 +4,21 @@
 //! |---|---|
 //! | [`fold-constants`](FoldConstants) | evaluates nodes of constants; bypasses Identity, inference Dropout, no-op Cast/Reshape/Expand/Transpose |
 //! | [`fold-shapes`](FoldShapes) | shape computations known at compile time become constants; symbolic dims stay symbolic |
+//! | [`fold-if`](FoldIf) | replaces an If with a constant condition by its taken branch, inlined |
 //! | [`dce`](Dce) | removes unread nodes and constants (subgraphs included) |
 //! | [`cse`](Cse) | merges identical constants and identical nodes |
 //! | [`simplify-layout`](SimplifyLayout) | composes Transpose pairs and reshape-like chains, drops no-op ones |
 //!
 //! Every pass is exact: the transformed graph computes the same function (up to float
 //! rounding, and here without any rounding change at all), keeps the names of graph outputs,
-//! and leaves the insides of If/Loop/Scan subgraphs alone (only `dce` enters them). Each
+//! and leaves the insides of If/Loop/Scan subgraphs alone (only `dce` enters them, and
+//! `fold-if` moves the taken branch of a constant-condition If out whole). Each
 //! pass's doc block says what it needs and guarantees.
 
 mod cse;
 mod dce;
 mod fold_constants;
+mod fold_if;
 mod fold_shapes;
 mod layout;
 mod util;
@@ -23,12 +26,13 @@ mod util;
 pub use cse::Cse;
 pub use dce::Dce;
 pub use fold_constants::{FoldConstants, FoldConstantsOptions, DEFAULT_MAX_GROWTH};
+pub use fold_if::FoldIf;
 pub use fold_shapes::FoldShapes;
 pub use layout::SimplifyLayout;
 
 use pare_pass::{PassInfo, Registry};
 
-/// Registers this crate's passes: `fold-constants`, `fold-shapes`, `dce`, `cse`,
+/// Registers this crate's passes: `fold-constants`, `fold-if`, `fold-shapes`, `dce`, `cse`,
 /// `simplify-layout`.
 pub fn register(reg: &mut Registry) {
     reg.register(
@@ -48,6 +52,11 @@ pub fn register(reg: &mut Registry) {
                 opts.parse::<FoldConstantsOptions>()?,
             )))
         },
+    );
+    reg.register_default::<FoldIf>(
+        "fold-if",
+        "replace an If whose condition is a constant by its taken branch, inlined (captured \
+         values rewired, nested Ifs carried along)",
     );
     reg.register_default::<FoldShapes>(
         "fold-shapes",

@@ -227,3 +227,30 @@ impl Names {
         name
     }
 }
+
+impl Names {
+    /// The names of `g`'s live values and of every value of the subgraphs of its nodes other
+    /// than `skip`, nested ones included (a value of the graph should not shadow a subgraph's
+    /// either).
+    pub(crate) fn of_deep_except(g: &Graph, skip: Option<NodeId>) -> Names {
+        let mut names = Names(g.value_ids().map(|v| g.value(v).name.clone()).collect());
+        for n in g.node_ids().filter(|&n| Some(n) != skip) {
+            for sg in g.node(n).op.subgraphs() {
+                names.take_deep(sg);
+            }
+        }
+        names
+    }
+
+    /// Marks the names of every value of `g` and of its subgraphs, nested ones included, as
+    /// taken.
+    pub(crate) fn take_deep(&mut self, g: &Graph) {
+        self.0
+            .extend(g.value_ids().map(|v| g.value(v).name.clone()));
+        for n in g.node_ids() {
+            for sg in g.node(n).op.subgraphs() {
+                self.take_deep(sg);
+            }
+        }
+    }
+}

@@ -37,7 +37,7 @@ use crate::ffi::{
     PARE_ACT_CLAMP, PARE_ACT_GELU, PARE_ACT_GELU_TANH, PARE_ACT_IDENTITY, PARE_ACT_LEAKY_RELU,
     PARE_ACT_RELU, PARE_ACT_SIGMOID, PARE_ACT_TANH,
 };
-use crate::gemm::{MR, NR};
+use crate::gemm::NR;
 use crate::{Activation, BOperand, Bias, Epilogue, Gemm, Isa, PackedBRef, Residual};
 
 // ---------------------------------------------------------------------------------------------
@@ -142,7 +142,17 @@ pub(crate) fn prod(xs: &[usize]) -> Option<usize> {
 /// Whether the AVX2 + FMA kernels may run.
 #[inline]
 pub(crate) fn avx2() -> bool {
+    #[cfg(test)]
+    if FORCE_GENERIC.with(|f| f.get()) {
+        return false;
+    }
     Isa::detect() == Isa::Avx2Fma
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests set this to run the portable plane kernels on this thread.
+    pub(crate) static FORCE_GENERIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// `a * b + c`, fused when the caller is compiled with FMA.
@@ -433,6 +443,30 @@ impl PaddedPlane {
                 row[c0..c1].copy_from_slice(&src[c0 - self.pad_left..c1 - self.pad_left]);
                 continue;
             }
+            if s == 2 {
+                // Read the row once, in pairs: padded columns c and c+1 go to the two phases,
+                // at slots c/2 and (c+1)/2 (an interleaved access LLVM vectorizes).
+                let src = &src[c0 - self.pad_left..c1 - self.pad_left];
+                let slot = |c: usize| (c % 2) * self.phase_len + c / 2;
+                let (a, b) = (slot(c0), slot(c0 + 1));
+                let pairs = src.len() / 2;
+                let (ra, rb) = if a < b {
+                    let (lo, hi) = row.split_at_mut(b);
+                    (&mut lo[a..a + pairs], &mut hi[..pairs])
+                } else {
+                    let (lo, hi) = row.split_at_mut(a);
+                    (&mut hi[..pairs], &mut lo[b..b + pairs])
+                };
+                for ((pair, da), db) in src.chunks_exact(2).zip(ra.iter_mut()).zip(rb.iter_mut()) {
+                    *da = pair[0];
+                    *db = pair[1];
+                }
+                if src.len() % 2 == 1 {
+                    let c = c1 - 1;
+                    row[slot(c)] = src[src.len() - 1];
+                }
+                continue;
+            }
             // Phase ph holds padded columns ph, ph + s, ...: slots i with c0 <= i*s + ph < c1.
             for ph in 0..s {
                 let i0 = c0.saturating_sub(ph).div_ceil(s);
@@ -442,9 +476,8 @@ impl PaddedPlane {
                 }
                 let first = i0 * s + ph - self.pad_left;
                 let d = &mut row[ph * self.phase_len + i0..ph * self.phase_len + i1];
-                let src = &src[first..];
-                for (k, v) in d.iter_mut().enumerate() {
-                    *v = src[k * s];
+                for (v, &e) in d.iter_mut().zip(src[first..].iter().step_by(s)) {
+                    *v = e;
                 }
             }
         }
@@ -481,7 +514,7 @@ pub(crate) fn segments(oh: usize, ow: usize, row_step: usize) -> Vec<Seg> {
             ox += len;
         }
     }
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(Seg::default());
     }
     v
@@ -507,7 +540,7 @@ pub(crate) mod simd {
     /// Checks every access the kernels make: loads of 8 floats at `seg.src + off` (`off <=
     /// max_off`) from `pad`, and `dst..dst+len` of `y` (and of a separate residual).
     fn check(pad: &[f32], segs: &[Seg], max_off: usize, y_len: usize, res: SegRes<'_>) {
-        assert!(segs.len() % 8 == 0);
+        assert!(segs.len().is_multiple_of(8));
         for s in segs {
             assert!(s.len <= 8 && s.src + max_off + 8 <= pad.len() && s.dst + s.len <= y_len);
         }
@@ -970,7 +1003,14 @@ impl ConvParams {
 
     /// The algorithm [`conv`] uses for this shape.
     pub fn algorithm(&self) -> ConvAlgo {
-        if self.group == self.c_in && self.c_out.is_multiple_of(self.c_in) {
+        // Depthwise: one input channel per group and a small channel multiplier. A single-input
+        // convolution with many filters (an STFT basis, an image stem on a gray channel) is a
+        // GEMM in disguise and goes to im2col.
+        if self.group == self.c_in
+            && self.c_out.is_multiple_of(self.c_in)
+            && (self.c_in > 1 || self.c_out <= 4)
+            && self.c_out / self.c_in <= 4
+        {
             ConvAlgo::Depthwise
         } else if self.kh == 1
             && self.kw == 1
@@ -1218,32 +1258,33 @@ struct Geo {
     pl: isize,
 }
 
-/// Row bounds (over all `c_out` output channels) for `t` GEMM tasks: whole groups when there
-/// are at least as many groups as tasks, else row blocks inside groups, in whole 6-row
-/// micro-tiles when each task gets at least two of them.
-fn row_bounds(c_out: usize, group: usize, t: usize) -> Vec<usize> {
-    let cg = c_out / group;
-    let mut b: Vec<usize> = (0..=t)
-        .map(|i| {
-            let r = c_out * i / t;
-            if group >= t {
-                ((r + cg / 2) / cg * cg).min(c_out)
-            } else if cg >= 2 * MR * t.div_ceil(group) {
-                let (g, off) = (r / cg, r % cg);
-                g * cg + ((off + MR / 2) / MR * MR).min(cg)
-            } else {
-                r
-            }
-        })
-        .collect();
-    b[0] = 0;
-    b[t] = c_out;
-    for i in 1..=t {
-        b[i] = b[i].max(b[i - 1]);
-    }
-    b
+/// The output buffer shared by the threads of [`im2col_conv`]; each thread writes only the
+/// output columns (spatial positions) of its own panels, in every row (channel).
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: threads only touch disjoint column ranges (see `im2col_conv`) and the `&mut [f32]`
+// the pointer came from outlives the parallel section.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+/// Where a thread of [`im2col_conv`] puts its GEMM results.
+enum Out<'a> {
+    /// Single thread: the GEMM writes the output directly.
+    Direct(&'a mut [f32]),
+    /// Several threads: the GEMM writes a private `c_out/group x cols` tile, which is then
+    /// copied into the shared output.
+    Tile(SharedOut, Vec<f32>),
 }
 
+/// im2col + GEMM. The output positions (`OH*OW` columns) are processed in chunks of
+/// `chunk_cols`; within a chunk each of `t` threads owns a contiguous run of 16-column panels,
+/// whose scratch slice it fills and multiplies by the weights on its own (no synchronization
+/// but the final join: one pool job per call). With one thread the GEMM writes into `y`
+/// directly; with several, each GEMM writes a private tile (with the whole epilogue fused) that
+/// is copied into `y`, because the threads' outputs interleave in memory (every channel row
+/// has a piece from every thread).
 #[allow(clippy::too_many_arguments)]
 fn im2col_conv(
     p: &ConvParams,
@@ -1255,96 +1296,159 @@ fn im2col_conv(
     scratch: &mut [f32],
     threads: usize,
 ) -> Result<(), KernelError> {
+    let hw = p.out_h() * p.out_w();
+    let kg = p.k_group();
+    let chunk = p.chunk_cols();
+    let panels = chunk.div_ceil(NR);
+    let flops = 2 * p.n * p.c_out * kg * hw;
+    let t = task_count(threads, flops, 2 * MIN_TASK_WORK).min(panels);
+    let unit = p.group * kg * NR; // scratch floats per panel (all groups)
+    let pb = even_bounds(panels, t);
+    let regions = split_bounds(
+        &mut scratch[..panels * unit],
+        &pb.iter().map(|&q| q * unit).collect::<Vec<_>>(),
+    );
+    let errors = FirstError::new();
+    if t == 1 {
+        let region = regions.into_iter().next().expect("one region");
+        im2col_worker(
+            p,
+            x,
+            w,
+            bias,
+            res,
+            (0, panels),
+            region,
+            Out::Direct(y),
+            &errors,
+        );
+        return errors.into_result();
+    }
+    let out = SharedOut(y.as_mut_ptr());
+    let parts: Vec<(usize, &mut [f32])> = regions.into_iter().enumerate().collect();
+    run_parts(parts, &|_, (ti, region): (usize, &mut [f32])| {
+        let (q0, q1) = (pb[ti], pb[ti + 1]);
+        let tile = vec![0.0f32; p.c_out / p.group * (q1 - q0) * NR];
+        im2col_worker(
+            p,
+            x,
+            w,
+            bias,
+            res,
+            (q0, q1),
+            region,
+            Out::Tile(out, tile),
+            &errors,
+        );
+    });
+    errors.into_result()
+}
+
+/// One thread of [`im2col_conv`]: panels `q0..q1` of every chunk of every image.
+#[allow(clippy::too_many_arguments)]
+fn im2col_worker(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    (q0, q1): (usize, usize),
+    region: &mut [f32],
+    mut out: Out<'_>,
+    errors: &FirstError,
+) {
     let geo = p.geo();
-    let (oh, ow) = (p.out_h(), p.out_w());
     let hw_in = p.h * p.w;
-    let hw = oh * ow;
+    let hw = p.out_h() * p.out_w();
     let kg = p.k_group();
     let cout_g = p.c_out / p.group;
     let chunk = p.chunk_cols();
-    let flops_chunk = 2 * p.c_out * kg * chunk;
-    let t_gemm = task_count(threads, flops_chunk, MIN_TASK_WORK).min(p.c_out);
-    let rb = row_bounds(p.c_out, p.group, t_gemm);
-    let errors = FirstError::new();
     let in_place = matches!(res, Res::InPlace);
     for ni in 0..p.n {
         let x_img = &x[ni * p.c_in * hw_in..(ni + 1) * p.c_in * hw_in];
-        let y_img = &mut y[ni * p.c_out * hw..(ni + 1) * p.c_out * hw];
+        let img = ni * p.c_out * hw;
         let res_img = match res {
-            Res::Separate(r) => Some(&r[ni * p.c_out * hw..(ni + 1) * p.c_out * hw]),
+            Res::Separate(r) => Some(&r[img..img + p.c_out * hw]),
             _ => None,
         };
         let mut j0 = 0;
         while j0 < hw {
             let cw = chunk.min(hw - j0);
-            let panels = cw.div_ceil(NR);
-            let unit = kg * NR;
-            let units = p.group * panels;
-            let used = &mut scratch[..units * unit];
-            // Phase 1: im2col of the chunk, split over (group, panel) units.
-            let t_fill = task_count(threads, units * unit, 1 << 15).min(units);
-            let ub = even_bounds(units, t_fill);
-            let parts: Vec<(usize, &mut [f32])> =
-                split_bounds(used, &ub.iter().map(|&u| u * unit).collect::<Vec<_>>())
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, s)| (ub[i], s))
-                    .collect();
-            run_parts(parts, &|_, (u0, dst): (usize, &mut [f32])| {
-                for (i, d) in dst.chunks_exact_mut(unit).enumerate() {
-                    let u = u0 + i;
-                    let (g, q) = (u / panels, u % panels);
-                    let col0 = j0 + q * NR;
-                    let ncols = NR.min(hw - col0);
-                    let xg = &x_img[g * geo.cin_g * hw_in..(g + 1) * geo.cin_g * hw_in];
-                    fill_panel_dispatch(&geo, xg, col0, ncols, d);
-                }
-            });
-            // Phase 2: GEMM per row block.
-            let packed: &[f32] = used;
-            let ybounds: Vec<usize> = rb.iter().map(|&r| r * hw).collect();
-            let parts: Vec<(usize, &mut [f32])> = split_bounds(y_img, &ybounds)
-                .into_iter()
-                .enumerate()
-                .map(|(i, s)| (rb[i], s))
-                .collect();
-            run_parts(parts, &|ti, (r_lo, ys): (usize, &mut [f32])| {
-                let r_hi = rb[ti + 1];
-                let mut r = r_lo;
-                while r < r_hi {
-                    let g = r / cout_g;
-                    let r_end = r_hi.min((g + 1) * cout_g);
-                    let m = r_end - r;
-                    let pb = &packed[g * panels * unit..(g + 1) * panels * unit];
-                    let pb = match PackedBRef::new(kg, cw, pb) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            errors.gemm(Err(e));
-                            return;
-                        }
-                    };
-                    let gemm = Gemm {
-                        m,
-                        n: cw,
-                        k: kg,
-                        alpha: 1.0,
-                        beta: if in_place { 1.0 } else { 0.0 },
-                        a: &w[r * kg..r_end * kg],
-                        lda: kg,
-                        trans_a: false,
-                        b: BOperand::Packed(pb),
-                        epilogue: epilogue(bias, res_img, r, m, j0, hw, p.activation),
-                        threads: 1,
-                        isa: Isa::Auto,
-                    };
-                    errors.gemm(gemm.run(&mut ys[(r - r_lo) * hw + j0..], hw));
-                    r = r_end;
-                }
-            });
+            let c0 = j0 + q0 * NR;
+            let c1 = (j0 + q1 * NR).min(j0 + cw);
             j0 += cw;
+            if c0 >= c1 {
+                continue;
+            }
+            let cols = c1 - c0;
+            let np = cols.div_ceil(NR);
+            let per_group = np * kg * NR;
+            for g in 0..p.group {
+                let xg = &x_img[g * geo.cin_g * hw_in..(g + 1) * geo.cin_g * hw_in];
+                let gp = &mut region[g * per_group..(g + 1) * per_group];
+                for (q, d) in gp.chunks_exact_mut(kg * NR).enumerate() {
+                    let col0 = c0 + q * NR;
+                    fill_panel_dispatch(&geo, xg, col0, NR.min(c1 - col0), d);
+                }
+            }
+            for g in 0..p.group {
+                let r0 = g * cout_g;
+                let pbg =
+                    match PackedBRef::new(kg, cols, &region[g * per_group..(g + 1) * per_group]) {
+                        Ok(v) => v,
+                        Err(e) => return errors.gemm(Err(e)),
+                    };
+                let gemm = Gemm {
+                    m: cout_g,
+                    n: cols,
+                    k: kg,
+                    alpha: 1.0,
+                    beta: if in_place { 1.0 } else { 0.0 },
+                    a: &w[r0 * kg..(r0 + cout_g) * kg],
+                    lda: kg,
+                    trans_a: false,
+                    b: BOperand::Packed(pbg),
+                    epilogue: epilogue(bias, res_img, r0, cout_g, c0, hw, p.activation),
+                    threads: 1,
+                    isa: Isa::Auto,
+                };
+                match &mut out {
+                    Out::Direct(y) => {
+                        errors.gemm(gemm.run(&mut y[img + r0 * hw + c0..], hw));
+                    }
+                    Out::Tile(shared, tile) => {
+                        let base = img + r0 * hw + c0;
+                        if in_place {
+                            for (i, row) in tile.chunks_exact_mut(cols).take(cout_g).enumerate() {
+                                // SAFETY: row r0+i, columns c0..c1 of image ni lie inside the
+                                // validated output (the caller checked y.len() >= y_len) and
+                                // belong to this thread's panels only, so no other thread
+                                // reads or writes them; `row` holds `cols` floats.
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(
+                                        shared.0.add(base + i * hw),
+                                        row.as_mut_ptr(),
+                                        cols,
+                                    );
+                                }
+                            }
+                        }
+                        errors.gemm(gemm.run(&mut tile[..cout_g * cols], cols));
+                        for (i, row) in tile.chunks_exact(cols).take(cout_g).enumerate() {
+                            // SAFETY: as above: this thread's columns of row r0+i, in bounds.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    row.as_ptr(),
+                                    shared.0.add(base + i * hw),
+                                    cols,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
-    errors.into_result()
 }
 
 fn fill_panel_dispatch(g: &Geo, xg: &[f32], col0: usize, ncols: usize, dst: &mut [f32]) {
@@ -1523,11 +1627,9 @@ fn fill_panel<const AVX: bool>(g: &Geo, xg: &[f32], col0: usize, ncols: usize, d
                     let d = &mut dst[at + s.lane..at + s.lane + s.len];
                     if kx >= s.kx_lo && kx < s.kx_hi {
                         let x = x as usize;
-                        {
-                            let src = &row[x..=x + (s.len - 1) * g.sw];
-                            for (l, v) in d.iter_mut().enumerate() {
-                                *v = src[l * g.sw];
-                            }
+                        let src = &row[x..=x + (s.len - 1) * g.sw];
+                        for (v, &e) in d.iter_mut().zip(src.iter().step_by(g.sw)) {
+                            *v = e;
                         }
                     } else {
                         for (l, v) in d.iter_mut().enumerate() {
@@ -2105,6 +2207,7 @@ pub unsafe extern "C" fn pare_k_conv(
         let x = unsafe { c_in(b[0], p.x_len()) }?;
         let w = unsafe { c_in(b[1], p.prepared_len()) }?;
         let bias = if p.has_bias {
+            // SAFETY: the buffer contract (see the SAFETY note above).
             Some(unsafe { c_in(b[2], p.c_out) }?)
         } else {
             None
@@ -2115,9 +2218,12 @@ pub unsafe extern "C" fn pare_k_conv(
         } else if in_place {
             Res::InPlace
         } else {
+            // SAFETY: the buffer contract (see the SAFETY note above).
             Res::Separate(unsafe { c_in(b[3], p.y_len()) }?)
         };
+        // SAFETY: the buffer contract (see the SAFETY note above).
         let y = unsafe { c_out(b[4], p.y_len()) }?;
+        // SAFETY: the buffer contract (see the SAFETY note above).
         let scratch = unsafe { c_scratch(b[5], p.scratch_bytes()) }?;
         conv_impl(&p, x, w, bias, res, y, scratch, threads).map_err(|e| e.status)
     })
@@ -2145,12 +2251,109 @@ pub unsafe extern "C" fn pare_k_conv_transpose(
         let x = unsafe { c_in(b[0], p.x_len()) }?;
         let w = unsafe { c_in(b[1], p.w_len()) }?;
         let bias = if p.has_bias {
+            // SAFETY: the buffer contract (see the SAFETY note above).
             Some(unsafe { c_in(b[2], p.c_out) }?)
         } else {
             None
         };
+        // SAFETY: the buffer contract (see the SAFETY note above).
         let y = unsafe { c_out(b[3], p.y_len()) }?;
+        // SAFETY: the buffer contract (see the SAFETY note above).
         let scratch = unsafe { c_scratch(b[4], p.scratch_bytes()) }?;
         conv_transpose(&p, x, w, bias, y, scratch, threads).map_err(|e| e.status)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Runs `f` with the portable kernels, then with the detected ones, and compares.
+    fn both(len: usize, f: impl Fn(&mut [f32])) {
+        let mut a = vec![f32::NAN; len];
+        FORCE_GENERIC.with(|g| g.set(true));
+        f(&mut a);
+        FORCE_GENERIC.with(|g| g.set(false));
+        let mut b = vec![f32::NAN; len];
+        f(&mut b);
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + y.abs()),
+                "element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    #[test]
+    fn portable_kernels_match_avx2() {
+        let mut seed = 1;
+        for (c_in, c_out, group, h, w, k, s, d, pad) in [
+            (3, 5, 1, 9, 13, 3, 2, 1, 1),
+            (4, 6, 2, 11, 7, 2, 1, 2, 2),
+            (6, 6, 6, 12, 21, 3, 1, 1, 1),
+            (4, 8, 4, 15, 10, 5, 2, 1, 2),
+            (3, 3, 3, 7, 40, 3, 3, 2, 3),
+            (2, 7, 1, 5, 33, 1, 3, 1, 0),
+        ] {
+            for (bias, res, act) in [
+                (false, false, Activation::Identity),
+                (true, true, Activation::Relu),
+                (true, false, Activation::Sigmoid),
+            ] {
+                seed += 1;
+                let mut p = ConvParams::new(2, c_in, h, w, c_out, k, k);
+                (p.stride_h, p.stride_w, p.dilation_h, p.dilation_w) = (s, s, d, d);
+                (p.pad_top, p.pad_left, p.pad_bottom, p.pad_right) = (pad, pad, pad, 0);
+                (p.group, p.has_bias, p.has_residual, p.activation) = (group, bias, res, act);
+                p.validate().unwrap();
+                let x = fill(p.x_len(), seed);
+                let wt = fill(p.w_len(), seed + 1);
+                let b = fill(p.c_out, seed + 2);
+                let r = fill(p.y_len(), seed + 3);
+                both(p.y_len(), |y| {
+                    let mut scratch = vec![0u8; p.scratch_bytes()];
+                    conv(
+                        &p,
+                        &x,
+                        &wt,
+                        bias.then_some(&b[..]),
+                        res.then_some(&r[..]),
+                        y,
+                        &mut scratch,
+                        1,
+                    )
+                    .unwrap();
+                });
+            }
+        }
+        // Pools.
+        use super::super::pool::{pool, PoolKind, PoolParams};
+        for kind in [
+            PoolKind::Max,
+            PoolKind::Average,
+            PoolKind::GlobalMax,
+            PoolKind::GlobalAverage,
+        ] {
+            let mut p = PoolParams::global(kind, 2, 3, 11, 19);
+            if matches!(kind, PoolKind::Max | PoolKind::Average) {
+                (p.out_h, p.out_w, p.kh, p.kw, p.stride_h, p.stride_w) = (6, 7, 3, 3, 2, 3);
+                (p.pad_top, p.pad_left, p.pad_bottom, p.pad_right) = (1, 2, 1, 1);
+                p.count_include_pad = true;
+            }
+            let x = fill(p.x_len(), 9);
+            both(p.y_len(), |y| pool(&p, &x, y, 1).unwrap());
+        }
+    }
 }

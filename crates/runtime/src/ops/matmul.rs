@@ -466,6 +466,7 @@ pub unsafe extern "C" fn pare_k_matmul(
         let a = unsafe { c_in(bp[0], p.a_len()) }?;
         let b = unsafe { c_in(bp[1], p.b_len()) }?;
         let bias = if p.bias != MatMulBias::None {
+            // SAFETY: the buffer contract (see the SAFETY note above).
             Some(unsafe { c_in(bp[2], p.bias_len()) }?)
         } else {
             None
@@ -475,8 +476,10 @@ pub unsafe extern "C" fn pare_k_matmul(
         } else if bp[3] == bp[4] {
             Res::InPlace
         } else {
+            // SAFETY: the buffer contract (see the SAFETY note above).
             Res::Separate(unsafe { c_in(bp[3], p.c_len()) }?)
         };
+        // SAFETY: the buffer contract (see the SAFETY note above).
         let c = unsafe { c_out(bp[4], p.c_len()) }?;
         matmul_impl(&p, a, b, bias, res, c, threads).map_err(|e| e.status)
     })
