@@ -162,7 +162,7 @@ fn run_test(
             break;
         }
         let mut opts = Options {
-            pipeline: pare_passes::CANONICALIZE.to_string(),
+            pipeline: "canonicalize".into(),
             opt_level: 1,
             ..Options::default()
         };

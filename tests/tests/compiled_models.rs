@@ -1,8 +1,9 @@
 //! The LLVM CPU backend on the real models: each model is compiled for the shapes of its
 //! fixtures into a shared library, loaded with the runtime's loader, run on every fixture and
 //! compared with the reference interpreter within 1e-4 of each output's scale (integers
-//! exactly), the bound the interpreter itself meets against onnxruntime. Models the backend
-//! cannot compile yet must fail with an error naming the node and op, never a panic.
+//! exactly), the bound the interpreter itself meets against onnxruntime. All eleven compile:
+//! the Silero models' sample-rate input is bound to the fixture's value, after which every If
+//! (including those on the recurrent state's shape) folds away.
 
 use pare_backend_llvm::{emit_artifact, Emit, Options};
 use pare_ir::Tensor;
@@ -10,10 +11,6 @@ use pare_runtime::loader::Library;
 use pare_runtime::npy::NpyArray;
 use pare_tests::{cases, compare, data_set_dirs, read_data_set};
 use std::time::Instant;
-
-/// Models whose graphs still contain data-dependent control flow (`If` on shapes computed at
-/// run time inside the recurrent state handling), which the backend does not compile yet.
-const NOT_YET: &[&str] = &["silero-vad", "silero-vad-16k-op15", "silero-vad-half"];
 
 fn tensor_from(desc_dtype: pare_ir::DType, shape: &[i64], bytes: Vec<u8>) -> Tensor {
     let shape: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
@@ -53,22 +50,6 @@ fn compiled_real_models_match_the_interpreter() {
         let t0 = Instant::now();
         let res = emit_artifact(&model.graph, &opts, Emit::So, &so);
         let compile_s = t0.elapsed().as_secs_f64();
-        if NOT_YET.contains(&c.name.as_str()) {
-            match res {
-                Err(e) => {
-                    eprintln!("{:<26} not compiled yet: {e}", c.name);
-                    assert!(
-                        e.to_string().contains("node '"),
-                        "{}: error must name the node: {e}",
-                        c.name
-                    );
-                    continue;
-                }
-                Ok(_) => {
-                    eprintln!("{:<26} compiles now: remove it from NOT_YET", c.name);
-                }
-            }
-        }
         let stats = res.unwrap_or_else(|e| panic!("{}: {e}", c.name));
         let lib = Library::open(&so, "pare_model").unwrap_or_else(|e| panic!("{}: {e}", c.name));
         let mut sess = lib.session(2).unwrap_or_else(|e| panic!("{}: {e}", c.name));

@@ -122,7 +122,7 @@ impl Default for Options {
             symbols: HashMap::new(),
             input_shapes: HashMap::new(),
             input_values: HashMap::new(),
-            pipeline: pare_passes::CANONICALIZE.to_string(),
+            pipeline: "canonicalize".into(),
             target: Target::host(),
             prefix: "pare_model".into(),
             opt_level: 3,

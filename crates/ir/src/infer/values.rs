@@ -47,11 +47,41 @@ fn one(op: &Op, cx: &Ctx, outs: &[TensorType]) -> Option<Vec<SV>> {
             cx.vals(0).map(<[SV]>::to_vec)
         }
         Op::Cast(_) | Op::CastLike(_) => {
-            if cx.dtype(0).is_some_and(|d| d.is_int()) {
-                cx.vals(0).map(<[SV]>::to_vec)
-            } else {
-                None
+            if !cx
+                .dtype(0)
+                .is_some_and(|d| d.is_int() || d == crate::DType::Bool)
+            {
+                return None;
             }
+            let vals = cx.vals(0)?;
+            let to = outs[0].dtype?;
+            if to == crate::DType::Bool {
+                // Nonzero is true; a symbolic extent may be zero, so it is unknown here.
+                return Some(
+                    vals.iter()
+                        .map(|v| match v {
+                            SV::Int(x) => SV::Int(i64::from(*x != 0)),
+                            _ => SV::Unknown,
+                        })
+                        .collect(),
+                );
+            }
+            // A known value that the target type cannot hold would wrap: not tracked.
+            let fits = |x: i64| {
+                let bits = to.bits();
+                if bits >= 64 {
+                    to.is_signed_int() || x >= 0
+                } else if to.is_signed_int() {
+                    let h = 1i64 << (bits - 1);
+                    (-h..h).contains(&x)
+                } else {
+                    (0..1i64 << bits).contains(&x)
+                }
+            };
+            if vals.iter().any(|v| matches!(v, SV::Int(x) if !fits(*x))) {
+                return None;
+            }
+            Some(vals.to_vec())
         }
         Op::Gather(a) => {
             let (data, shape) = (cx.vals(0)?, fixed(cx, 0)?);
