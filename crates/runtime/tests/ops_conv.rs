@@ -411,6 +411,27 @@ fn conv_fixed_shapes() {
             .epi(true, false, Tanh),
         Case::one_d(1, 16, 50, 32, 1).epi(true, false, GeluTanh),
         Case::one_d(1, 4, 9, 8, 4).g(2).s(1, 3).pad(0, 3, 0, 1),
+        // Rows (small outputs): an STFT frame (4 positions, batch 4), a 1-D encoder tail,
+        // a 1x1 on one position, grouped, padded and dilated, with residuals
+        Case::one_d(4, 1, 640, 258, 256).s(1, 128),
+        Case::one_d(2, 129, 4, 128, 3)
+            .pad(0, 1, 0, 1)
+            .epi(true, false, Relu),
+        Case::one_d(1, 128, 4, 64, 3)
+            .s(1, 2)
+            .pad(0, 1, 0, 1)
+            .epi(true, true, Relu),
+        Case::one_d(3, 64, 1, 128, 1).epi(true, false, Sigmoid),
+        Case::one_d(1, 128, 1, 1, 1).epi(true, false, Sigmoid),
+        case(2, 8, (3, 3), 12, (3, 3))
+            .g(2)
+            .d(2, 2)
+            .pad(2, 1, 1, 2)
+            .epi(true, true, Clamp { min: 0.0, max: 6.0 }),
+        case(1, 24, (4, 4), 40, (3, 3))
+            .s(2, 2)
+            .pad(1, 1, 1, 1)
+            .epi(false, true, Gelu),
     ];
     for (i, c) in cases.iter().enumerate() {
         check(c, 100 + i as u64);
@@ -504,6 +525,7 @@ fn conv_in_place_residual() {
         case(1, 32, (20, 20), 48, (3, 3)).g(2).pad(1, 1, 1, 1),
         case(2, 32, (30, 30), 32, (3, 3)).g(32).pad(1, 1, 1, 1),
         case(1, 64, (32, 32), 128, (1, 1)),
+        case(2, 24, (4, 4), 40, (3, 3)).s(2, 2).pad(1, 1, 1, 1),
     ] {
         let c = c.epi(true, true, Activation::Relu);
         let p = c.p;
@@ -547,6 +569,23 @@ fn conv_algorithm_choice() {
     );
     assert_eq!(
         case(1, 8, (9, 9), 16, (3, 3)).p.algorithm(),
+        ConvAlgo::Im2col
+    );
+    // 4 output positions per image: 16-column panels would be 3/4 padding.
+    assert_eq!(
+        Case::one_d(4, 1, 640, 258, 256).s(1, 128).p.algorithm(),
+        ConvAlgo::Rows
+    );
+    assert_eq!(
+        case(1, 64, (2, 2), 64, (1, 1)).p.algorithm(),
+        ConvAlgo::Rows
+    );
+    // 7x7 = 49 positions fill 49/64 of the panels: not worth the swap.
+    assert_eq!(
+        case(1, 64, (7, 7), 64, (3, 3))
+            .pad(1, 1, 1, 1)
+            .p
+            .algorithm(),
         ConvAlgo::Im2col
     );
     assert_eq!(case(1, 8, (9, 9), 16, (1, 1)).p.scratch_bytes(), 0);

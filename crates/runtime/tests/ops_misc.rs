@@ -1112,6 +1112,14 @@ fn lstm_matches_reference() {
         hidden: 1,
         ..base
     });
+    // Dot-product recurrence with a vector body and a scalar tail (hidden 20 = 16 + 4).
+    cases.push(LstmCase {
+        seq: 7,
+        batch: 2,
+        input: 5,
+        hidden: 20,
+        ..base
+    });
     cases.push(LstmCase {
         seq: 20,
         batch: 16,

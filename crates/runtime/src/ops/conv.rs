@@ -22,12 +22,20 @@
 //!   row blocks are multiples of the 6-row micro-tile when there are enough rows, or even
 //!   splits otherwise (16 rows on 2 threads: 8 + 8, not 12 + 4).
 //!
+//! * **Rows** (small outputs, where the 16-column panels of Im2col would be mostly padding:
+//!   an STFT frame of 4 positions, the 1x1 tail of a 1-D encoder): the roles swap.
+//!   `Yᵀ = im2col(X)ᵀ · W_gᵀ`, one row per output position of *every* image, so the batch
+//!   fills the GEMM's 6-row micro-tiles; `W_gᵀ` is the GEMM's B **packed at compile time**
+//!   ([`conv_prepare_weights`]); bias and activation are fused in the epilogue, and the
+//!   `[positions, channels]` result is scattered into NCHW (adding a residual there, then the
+//!   activation). Chosen when its micro-tiles are at least 1.5x better filled.
+//!
 //! ConvTranspose is `col = W_gᵀ · X_g` (GEMM, A read transposed) per chunk of input positions,
 //! then a col2im scatter-add into the output (pre-filled with the bias), then the activation.
 //!
-//! The weights are used in their ONNX layout (the GEMM packs the small A operand itself, at a
-//! cost of `1 / (2 * chunk width)` of the arithmetic), so `*_prepare_weights` are copies today;
-//! the backend must still call them, which leaves room to change the layout later.
+//! Pointwise, Depthwise and Im2col use the weights in their ONNX layout (the GEMM packs the
+//! small A operand itself, at a cost of `1 / (2 * chunk width)` of the arithmetic); Rows uses
+//! them pre-packed. The backend always calls [`conv_prepare_weights`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -37,8 +45,8 @@ use crate::ffi::{
     PARE_ACT_CLAMP, PARE_ACT_GELU, PARE_ACT_GELU_TANH, PARE_ACT_IDENTITY, PARE_ACT_LEAKY_RELU,
     PARE_ACT_RELU, PARE_ACT_SIGMOID, PARE_ACT_TANH,
 };
-use crate::gemm::NR;
-use crate::{Activation, BOperand, Bias, Epilogue, Gemm, Isa, PackedBRef, Residual};
+use crate::gemm::{MR, NR};
+use crate::{Activation, BOperand, Bias, Epilogue, Gemm, Isa, PackedB, PackedBRef, Residual};
 
 // ---------------------------------------------------------------------------------------------
 // Shared helpers (also used by `ops::matmul` and `ops::pool`).
@@ -803,7 +811,12 @@ pub enum ConvAlgo {
     Depthwise,
     /// im2col into packed panels + GEMM.
     Im2col,
+    /// Small output: im2col rows of all images as A, the pre-packed weight as B.
+    Rows,
 }
+
+/// Largest GEMM row count (`n * out_h * out_w`) the Rows algorithm takes.
+const ROWS_MAX: usize = 256;
 
 /// Target size of one im2col chunk (floats): 1 MiB.
 const CHUNK_FLOATS: usize = 1 << 18;
@@ -1012,6 +1025,8 @@ impl ConvParams {
             && self.c_out / self.c_in <= 4
         {
             ConvAlgo::Depthwise
+        } else if self.rows_wins() {
+            ConvAlgo::Rows
         } else if self.kh == 1
             && self.kw == 1
             && self.stride_h == 1
@@ -1022,6 +1037,23 @@ impl ConvParams {
         } else {
             ConvAlgo::Im2col
         }
+    }
+
+    /// Whether Rows fills the micro-tiles (`MR` rows x `NR` columns) at least 1.5x better
+    /// than the per-image column layout: there, each image's positions are the columns and the
+    /// output channels the rows; in Rows, all images' positions are the rows and the channels
+    /// the columns.
+    fn rows_wins(&self) -> bool {
+        let hw = self.out_h() * self.out_w();
+        let m = self.n * hw;
+        let cout_g = self.c_out / self.group.max(1);
+        if hw == 0 || cout_g == 0 || m > ROWS_MAX {
+            return false;
+        }
+        let fill = |x: usize, tile: usize| x as f64 / (x.div_ceil(tile) * tile) as f64;
+        let cols = fill(hw, NR) * fill(cout_g, MR);
+        let rows = fill(m, MR) * fill(cout_g, NR);
+        rows > 1.5 * cols
     }
 
     /// Elements of `x`.
@@ -1041,7 +1073,15 @@ impl ConvParams {
 
     /// Elements of the prepared weight ([`conv_prepare_weights`]).
     pub fn prepared_len(&self) -> usize {
-        self.w_len()
+        match self.algorithm() {
+            ConvAlgo::Rows => self.group * self.packed_group_len(),
+            _ => self.w_len(),
+        }
+    }
+
+    /// Floats of one group's packed `W_gᵀ` (`k_group x c_out/group`) for Rows.
+    fn packed_group_len(&self) -> usize {
+        PackedB::packed_len(self.k_group(), self.c_out / self.group).unwrap_or(usize::MAX)
     }
 
     /// Rows of one group's im2col matrix (`c_in/group * kh * kw`).
@@ -1062,8 +1102,16 @@ impl ConvParams {
     pub fn scratch_bytes(&self) -> usize {
         match self.algorithm() {
             ConvAlgo::Im2col => self.c_in * self.kh * self.kw * self.chunk_cols() * 4 + 64,
+            ConvAlgo::Rows => self.rows_scratch_floats() * 4 + 64,
             _ => 0,
         }
+    }
+
+    /// Rows scratch: the im2col rows (`n*OH*OW x k_group`) and the GEMM result
+    /// (`n*OH*OW x c_out/group`) of one group.
+    fn rows_scratch_floats(&self) -> usize {
+        let m = self.n * self.out_h() * self.out_w();
+        m * (self.k_group() + self.c_out / self.group)
     }
 
     fn geo(&self) -> Geo {
@@ -1099,7 +1147,20 @@ fn out_extent(x: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> u
 /// same layout; see the module doc). The backend stores the result as 64-byte-aligned constant
 /// data. Panics if `w` is shorter than [`ConvParams::w_len`].
 pub fn conv_prepare_weights(p: &ConvParams, w: &[f32]) -> Vec<f32> {
-    w[..p.w_len()].to_vec()
+    if p.algorithm() != ConvAlgo::Rows {
+        return w[..p.w_len()].to_vec();
+    }
+    // Rows: per group, W_g (`c_out/group x k_group`, row-major) packed as the GEMM's B = W_gᵀ.
+    let (kg, cout_g) = (p.k_group(), p.c_out / p.group);
+    let mut out = Vec::with_capacity(p.prepared_len());
+    for g in 0..p.group {
+        let wg = &w[g * cout_g * kg..(g + 1) * cout_g * kg];
+        match PackedB::new(kg, cout_g, wg, kg, true) {
+            Ok(pb) => out.extend_from_slice(pb.as_slice()),
+            Err(e) => panic!("conv_prepare_weights: packing a validated weight failed: {e}"),
+        }
+    }
+    out
 }
 
 /// Computes the convolution (see [`ConvParams`]). `bias` / `residual` must be present exactly
@@ -1165,7 +1226,109 @@ fn conv_impl(
             let scratch = scratch_f32(scratch, floats)?;
             im2col_conv(p, x, w, bias, res, y, scratch, threads)
         }
+        ConvAlgo::Rows => {
+            let scratch = scratch_f32(scratch, p.rows_scratch_floats())?;
+            rows_conv(p, x, w, bias, res, y, scratch, threads)
+        }
     }
+}
+
+/// The Rows algorithm (see the module doc): per group, im2col rows of every image, one GEMM
+/// with the pre-packed `W_gᵀ`, then a scatter into NCHW.
+#[allow(clippy::too_many_arguments)]
+fn rows_conv(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) -> Result<(), KernelError> {
+    let geo = p.geo();
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let hw = oh * ow;
+    let m = p.n * hw;
+    let kg = p.k_group();
+    let cout_g = p.c_out / p.group;
+    let plen = p.packed_group_len();
+    let hw_in = p.h * p.w;
+    let (a, c) = scratch.split_at_mut(m * kg);
+    let c = &mut c[..m * cout_g];
+    for g in 0..p.group {
+        for ni in 0..p.n {
+            let xg = &x[(ni * p.c_in + g * geo.cin_g) * hw_in..][..geo.cin_g * hw_in];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let row = &mut a[(ni * hw + oy * ow + ox) * kg..][..kg];
+                    let mut at = 0;
+                    for ci in 0..geo.cin_g {
+                        let plane = &xg[ci * hw_in..(ci + 1) * hw_in];
+                        for ky in 0..geo.kh {
+                            let iy = (oy * geo.sh + ky * geo.dh) as isize - geo.pt;
+                            for kx in 0..geo.kw {
+                                let ix = (ox * geo.sw + kx * geo.dw) as isize - geo.pl;
+                                row[at] = if (0..geo.h as isize).contains(&iy)
+                                    && (0..geo.w as isize).contains(&ix)
+                                {
+                                    plane[iy as usize * geo.w + ix as usize]
+                                } else {
+                                    0.0
+                                };
+                                at += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let pb = PackedBRef::new(kg, cout_g, &w[g * plen..(g + 1) * plen])
+            .map_err(|e| KernelError::params(format!("prepared weight: {e}")))?;
+        // Without a residual the activation is fused; with one it must follow the addition.
+        let fused = matches!(res, Res::None);
+        let gemm = Gemm {
+            m,
+            n: cout_g,
+            k: kg,
+            alpha: 1.0,
+            beta: 0.0,
+            a,
+            lda: kg,
+            trans_a: false,
+            b: BOperand::Packed(pb),
+            epilogue: Epilogue {
+                bias: match bias {
+                    Some(b) => Bias::PerColumn(&b[g * cout_g..(g + 1) * cout_g]),
+                    None => Bias::None,
+                },
+                residual: None,
+                activation: if fused {
+                    p.activation
+                } else {
+                    Activation::Identity
+                },
+            },
+            threads,
+            isa: Isa::Auto,
+        };
+        gemm.run(c, cout_g)
+            .map_err(|e| KernelError::internal(format!("GEMM rejected a call: {e}")))?;
+        for ni in 0..p.n {
+            for s in 0..hw {
+                let crow = &c[(ni * hw + s) * cout_g..][..cout_g];
+                for (oc, &v) in crow.iter().enumerate() {
+                    let at = (ni * p.c_out + g * cout_g + oc) * hw + s;
+                    y[at] = match res {
+                        Res::None => v,
+                        Res::Separate(r) => p.activation.apply(v + r[at]),
+                        Res::InPlace => p.activation.apply(v + y[at]),
+                    };
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The epilogue of one GEMM over rows `r0..r0+m` of one image's output (`ld` = plane size),

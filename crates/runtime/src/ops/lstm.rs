@@ -11,7 +11,7 @@
 use super::copy::{buf, guard, param_words, prod, slice_in, slice_out, word_usize};
 use super::norm::{exp_fast, multiversion};
 use super::{f64_word, word_f64, STATUS_INTERNAL, STATUS_PARAMS};
-use crate::{sgemm, sgemm_fused, Bias, Epilogue};
+use crate::{pack_b, sgemm, sgemm_fused, sgemm_packed, Bias, Epilogue};
 
 /// Direction of the recurrence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,6 +207,49 @@ multiversion! {
     }
 }
 
+/// Batch sizes up to which the recurrent product is computed as dot products over R.
+const GEMV_MAX_BATCH: usize = 4;
+
+multiversion! {
+    /// `g[j] += R[j, :] · h` for every row `j` of the row-major `R` (`g.len()` rows of
+    /// `h.len()` floats): four rows at a time with eight-lane partial sums, so that the loop
+    /// vectorizes without reassociating a single sum.
+    fn gemv_acc(r: &[f32], h: &[f32], g: &mut [f32]) -> () {
+        let k = h.len();
+        let kv = k / 8 * 8;
+        let rows = g.len();
+        let mut j = 0;
+        while j + 4 <= rows {
+            let rs = &r[j * k..(j + 4) * k];
+            let (r0, rest) = rs.split_at(k);
+            let (r1, rest) = rest.split_at(k);
+            let (r2, r3) = rest.split_at(k);
+            let mut acc = [[0f32; 8]; 4];
+            for c in (0..kv).step_by(8) {
+                let hv: &[f32; 8] = h[c..c + 8].try_into().expect("8 lanes");
+                for (a, row) in acc.iter_mut().zip([r0, r1, r2, r3]) {
+                    let rv: &[f32; 8] = row[c..c + 8].try_into().expect("8 lanes");
+                    for l in 0..8 {
+                        a[l] = rv[l].mul_add(hv[l], a[l]);
+                    }
+                }
+            }
+            for (q, (a, row)) in acc.iter().zip([r0, r1, r2, r3]).enumerate() {
+                let mut s = a.iter().sum::<f32>();
+                for c in kv..k {
+                    s = row[c].mul_add(h[c], s);
+                }
+                g[j + q] += s;
+            }
+            j += 4;
+        }
+        for (jj, gj) in g.iter_mut().enumerate().skip(j) {
+            let row = &r[jj * k..(jj + 1) * k];
+            *gj += row.iter().zip(h).map(|(a, b)| a * b).sum::<f32>();
+        }
+    }
+}
+
 /// LSTM (see [`LstmParams`]); `scratch` holds at least `scratch_bytes() / 4` f32. Nothing is
 /// written on a parameter error.
 pub fn lstm(
@@ -301,14 +344,42 @@ pub fn lstm(
             Some(v) => &v[d * 3 * hs..(d + 1) * 3 * hs],
             None => &zeros,
         };
+        // The recurrent product: a few batch rows read R directly (dot products, no
+        // packing); more rows use R packed once for the whole sequence.
+        let packed_r = if batch > GEMV_MAX_BATCH && seq > 1 {
+            Some(pack_b(hs, g4, rd, hs, true).map_err(|_| STATUS_INTERNAL)?)
+        } else {
+            None
+        };
         for step in 0..seq {
             let t = if reverse { seq - 1 - step } else { step };
             let g = &mut xp[t * batch * g4..(t + 1) * batch * g4];
             if step > 0 || inp.h0.is_some() {
-                sgemm(
-                    batch, g4, hs, 1.0, h, hs, false, rd, hs, true, 1.0, g, g4, threads,
-                )
-                .map_err(|_| STATUS_INTERNAL)?;
+                if batch <= GEMV_MAX_BATCH {
+                    for b in 0..batch {
+                        gemv_acc(rd, &h[b * hs..(b + 1) * hs], &mut g[b * g4..(b + 1) * g4]);
+                    }
+                } else if let Some(pr) = &packed_r {
+                    sgemm_packed(
+                        batch,
+                        1.0,
+                        h,
+                        hs,
+                        false,
+                        pr,
+                        1.0,
+                        g,
+                        g4,
+                        &Epilogue::default(),
+                        threads,
+                    )
+                    .map_err(|_| STATUS_INTERNAL)?;
+                } else {
+                    sgemm(
+                        batch, g4, hs, 1.0, h, hs, false, rd, hs, true, 1.0, g, g4, threads,
+                    )
+                    .map_err(|_| STATUS_INTERNAL)?;
+                }
             }
             for b in 0..batch {
                 cell(
