@@ -19,8 +19,9 @@ use inkwell::{AddressSpace, IntPredicate};
 use pare_ir::DType;
 use std::collections::HashMap;
 
-/// Below this many elements a fused loop runs on the calling thread.
-const PARALLEL_MIN_ELEMS: u64 = 1 << 16;
+/// Below this many elements a fused loop runs on the calling thread (16 Ki floats is a few
+/// microseconds of work, about what a hand-off to the runtime's spinning workers costs).
+const PARALLEL_MIN_ELEMS: u64 = 1 << 14;
 
 /// What the generated module exports.
 #[derive(Clone, Debug)]

@@ -99,6 +99,15 @@ fn main() {
         conv_case("depthwise 3x3 s2 64 @112", 64, 112, 64, 3, 2, 1, 64),
         conv_case("depthwise 5x5 240 @14", 240, 14, 240, 5, 1, 2, 240),
         conv_case("depthwise 5x5 96 @56", 96, 56, 96, 5, 1, 2, 96),
+        // PP-LCNet (the orientation model): small-K pointwise and 5x5 depthwise
+        conv_case("lcnet 1x1 16->32 @112", 16, 112, 32, 1, 1, 0, 1),
+        conv_case("lcnet 1x1 64->64 @56", 64, 56, 64, 1, 1, 0, 1),
+        conv_case("lcnet 1x1 128->128 @28", 128, 28, 128, 1, 1, 0, 1),
+        conv_case("lcnet 1x1 256->256 @14", 256, 14, 256, 1, 1, 0, 1),
+        conv_case("lcnet 1x1 512->512 @7", 512, 7, 512, 1, 1, 0, 1),
+        conv_case("lcnet dw 3x3 16 @112", 16, 112, 16, 3, 1, 1, 16),
+        conv_case("lcnet dw 3x3 s2 32 @112", 32, 112, 32, 3, 2, 1, 32),
+        conv_case("lcnet dw 5x5 256 @14", 256, 14, 256, 5, 1, 2, 256),
     ];
     println!(
         "{} of {samples} samples; GFLOP/s counts 2*MACs (bias/act not counted)",

@@ -3,18 +3,43 @@
 //! Why not `std::thread::scope` per call: spawning and joining one thread costs tens of
 //! microseconds on a quiet machine and hundreds on a busy one (measured 360-520 us on the 2-core
 //! development VM under load), which is the whole run time of a mid-sized GEMM. Workers here are
-//! created on first use (up to the largest thread count asked for), then sleep on a condition
-//! variable between jobs; waking one costs a futex wake.
+//! created on first use (up to the largest thread count asked for). Between jobs a worker first
+//! spins for [`SPIN`] on an atomic flag, then sleeps on a condition variable; the caller likewise
+//! spins on the completion counter before sleeping. A model run issues one job per parallel
+//! kernel, tens to hundreds per run and often only microseconds apart: a futex sleep/wake on
+//! each side of every job cost 10-50 us apiece on the development VM, which is why the
+//! workers stay hot for a short while (onnxruntime's pool spins for the same reason).
 //!
 //! One job runs at a time. A call that finds the pool busy (another thread's GEMM, or a GEMM
 //! called from inside a pool task) runs all its tasks on the calling thread instead of waiting,
 //! so nesting cannot deadlock. Results never depend on which thread ran a task.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
 
 /// Most worker threads the pool will create.
 const MAX_WORKERS: usize = 255;
+
+/// How long an idle worker, or a caller waiting for its job, spins before sleeping.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Spins until `ready()` or until [`SPIN`] has passed; returns whether `ready()` held.
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    let mut n = 0u32;
+    loop {
+        if ready() {
+            return true;
+        }
+        n = n.wrapping_add(1);
+        if n.is_multiple_of(64) && t0.elapsed() > SPIN {
+            return ready();
+        }
+        std::hint::spin_loop();
+    }
+}
 
 type Job<'a> = dyn Fn(usize) + Sync + 'a;
 
@@ -33,13 +58,20 @@ struct Task {
 }
 
 struct Done {
-    remaining: Mutex<usize>,
+    /// Tasks not finished yet.
+    remaining: AtomicUsize,
+    /// Whether the caller gave up spinning and sleeps on `cv` (guarded by the mutex).
+    waiting: Mutex<bool>,
     cv: Condvar,
     panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 struct Worker {
     slot: Mutex<Option<Task>>,
+    /// Set (after the slot is filled) when a task is waiting in `slot`.
+    ready: AtomicBool,
+    /// Set while the worker sleeps on `cv` (written under the slot lock).
+    sleeping: AtomicBool,
     cv: Condvar,
 }
 
@@ -56,6 +88,8 @@ fn pool() -> &'static Mutex<Vec<Arc<Worker>>> {
 fn spawn_worker(id: usize) -> Option<Arc<Worker>> {
     let w = Arc::new(Worker {
         slot: Mutex::new(None),
+        ready: AtomicBool::new(false),
+        sleeping: AtomicBool::new(false),
         cv: Condvar::new(),
     });
     let mine = Arc::clone(&w);
@@ -68,13 +102,17 @@ fn spawn_worker(id: usize) -> Option<Arc<Worker>> {
 
 fn worker_loop(w: &Worker) {
     loop {
+        spin_until(|| w.ready.load(Ordering::Acquire));
         let task = {
             let mut slot = lock(&w.slot);
             loop {
                 if let Some(t) = slot.take() {
+                    w.ready.store(false, Ordering::Relaxed);
                     break t;
                 }
+                w.sleeping.store(true, Ordering::SeqCst);
                 slot = w.cv.wait(slot).unwrap_or_else(|e| e.into_inner());
+                w.sleeping.store(false, Ordering::SeqCst);
             }
         };
         // SAFETY: `run` does not return (so the job is alive) until `remaining` reaches 0, which
@@ -83,10 +121,13 @@ fn worker_loop(w: &Worker) {
         if let Err(p) = r {
             lock(&task.done.panic).get_or_insert(p);
         }
-        let mut rem = lock(&task.done.remaining);
-        *rem -= 1;
-        if *rem == 0 {
-            task.done.cv.notify_one();
+        if task.done.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // Last one: wake the caller if it went to sleep. It sets `waiting` and re-checks
+            // `remaining` under the same lock, so the wake cannot be missed.
+            let waiting = lock(&task.done.waiting);
+            if *waiting {
+                task.done.cv.notify_one();
+            }
         }
     }
 }
@@ -117,7 +158,8 @@ pub(crate) fn run(tasks: usize, f: &Job<'_>) {
     }
     let remote = (tasks - 1).min(workers.len());
     let done = Arc::new(Done {
-        remaining: Mutex::new(remote),
+        remaining: AtomicUsize::new(remote),
+        waiting: Mutex::new(false),
         cv: Condvar::new(),
         panic: Mutex::new(None),
     });
@@ -126,23 +168,34 @@ pub(crate) fn run(tasks: usize, f: &Job<'_>) {
     // path (the local tasks run under catch_unwind), so `f` outlives every use.
     let job = JobPtr(unsafe { std::mem::transmute::<&Job<'_>, &'static Job<'static>>(f) });
     for (i, w) in workers.iter().take(remote).enumerate() {
-        *lock(&w.slot) = Some(Task {
-            job,
-            index: i + 1,
-            done: Arc::clone(&done),
-        });
-        w.cv.notify_one();
+        {
+            let mut slot = lock(&w.slot);
+            *slot = Some(Task {
+                job,
+                index: i + 1,
+                done: Arc::clone(&done),
+            });
+            // Under the lock, so that it cannot outlive the worker's take (which clears it).
+            w.ready.store(true, Ordering::Release);
+        }
+        // A worker that sets `sleeping` does so under the slot lock before waiting, so after
+        // the store above it either sees the task or is seen sleeping here.
+        if w.sleeping.load(Ordering::SeqCst) {
+            w.cv.notify_one();
+        }
     }
     // Task 0, plus any the pool could not take (thread creation failed), run here.
     let local = catch_unwind(AssertUnwindSafe(|| {
         f(0);
         (remote + 1..tasks).for_each(f);
     }));
-    let mut rem = lock(&done.remaining);
-    while *rem > 0 {
-        rem = done.cv.wait(rem).unwrap_or_else(|e| e.into_inner());
+    if !spin_until(|| done.remaining.load(Ordering::Acquire) == 0) {
+        let mut waiting = lock(&done.waiting);
+        *waiting = true;
+        while done.remaining.load(Ordering::Acquire) > 0 {
+            waiting = done.cv.wait(waiting).unwrap_or_else(|e| e.into_inner());
+        }
     }
-    drop(rem);
     drop(workers);
     if let Err(p) = local {
         resume_unwind(p);

@@ -25,9 +25,11 @@ pub(crate) const KC: usize = 256;
 pub(crate) const MC: usize = 144;
 /// Columns of a packed B block: `KC*NC*4` = 4 MiB, in L3.
 pub(crate) const NC: usize = 4080;
-/// Below this many flops per thread (~80 us of work) a thread is not worth its wake-up and
-/// join cost (measured: 128^3, 4 MFLOP, ran slower on 2 threads than on 1).
-const MIN_FLOPS_PER_THREAD: usize = 8_000_000;
+/// Below this many flops per thread (~10 us of work) a thread is not worth its hand-off cost.
+/// With the pool's spinning workers a hand-off costs a few microseconds; when workers slept
+/// between jobs it cost tens, and the bound was 8 MFLOP (which left the 12.8 MFLOP pointwise
+/// convolutions of a mobile CNN on one thread).
+const MIN_FLOPS_PER_THREAD: usize = 1_000_000;
 /// At or below this many output columns (per thread) A is read in place, not packed: each
 /// element of A is then used by at most this many columns, so the copy would cost about as much
 /// as it saves.
