@@ -158,6 +158,37 @@ pub fn collapse(shape: &[usize], strides: &[Vec<i64>]) -> (Vec<usize>, Vec<Vec<i
     (dims, st)
 }
 
+/// Fewest rows a fused loop should have so that threads can share it.
+const MIN_ROWS: usize = 64;
+/// Row lengths [`split_rows`] picks from (floats): long enough for the vectorized inner loop,
+/// short enough to give the threads many rows.
+const SPLIT_ROW: std::ops::RangeInclusive<usize> = 512..=4096;
+
+/// Splits a long last dimension into rows when the collapsed loop nest has fewer than
+/// [`MIN_ROWS`] rows (a plain elementwise op over a whole tensor collapses to a single row,
+/// which the runtime cannot split between threads): the last extent `n` becomes
+/// `[n / c, c]` for the largest divisor `c` of `n` in [`SPLIT_ROW`], each operand's last
+/// stride `s` becoming `[s * c, s]`. Unchanged when no such divisor exists.
+pub fn split_rows((mut dims, mut st): (Vec<usize>, Vec<Vec<i64>>)) -> (Vec<usize>, Vec<Vec<i64>>) {
+    let r = dims.len();
+    let outer: usize = dims[..r - 1].iter().product();
+    let last = dims[r - 1];
+    if outer >= MIN_ROWS || last < 2 * SPLIT_ROW.start() {
+        return (dims, st);
+    }
+    let Some(c) = SPLIT_ROW.rev().find(|c| last % c == 0 && last / c > 1) else {
+        return (dims, st);
+    };
+    dims[r - 1] = last / c;
+    dims.push(c);
+    for s in st.iter_mut() {
+        let sl = s[r - 1];
+        s[r - 1] = sl * c as i64;
+        s.push(sl);
+    }
+    (dims, st)
+}
+
 /// A fused group's interface: operand order of its `args` array.
 pub struct FusedSig {
     /// Values loaded (in `args[0..inputs.len()]`).
@@ -416,7 +447,7 @@ pub fn emit<'c>(
         }
         strides.push(broadcast_strides(&out_shape, &out_shape));
     }
-    let (dims, st) = collapse(&out_shape, &strides);
+    let (dims, st) = split_rows(collapse(&out_shape, &strides));
     let r = dims.len();
     let inner = dims[r - 1] as u64;
     let outer: u64 = dims[..r - 1].iter().map(|&d| d as u64).product();
@@ -1079,4 +1110,39 @@ fn cast<'c>(
 /// The type every operand pointer is loaded as (for the caller's `args` array).
 pub fn ptr_type(cx: &Context) -> BasicTypeEnum<'_> {
     cx.ptr_type(AddressSpace::default()).as_basic_type_enum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{collapse, split_rows};
+
+    #[test]
+    fn a_whole_tensor_loop_is_split_into_rows() {
+        // [1, 16, 112, 112], all operands contiguous: one row of 200704, split into 49 rows of
+        // 4096 (the largest divisor in range).
+        let shape = [1, 16, 112, 112];
+        let contiguous = vec![200704, 12544, 112, 1];
+        let scalar = vec![0, 0, 0, 0];
+        let (d, s) = split_rows(collapse(&shape, &[contiguous, scalar]));
+        assert_eq!(d, vec![49, 4096]);
+        assert_eq!(s, vec![vec![4096, 1], vec![0, 0]]);
+    }
+
+    #[test]
+    fn per_channel_operands_keep_their_strides() {
+        // [16, 12544] with a per-channel bias [16, 1]: 16 rows, each split into 4 of 3136.
+        let (d, s) = split_rows(collapse(&[16, 12544], &[vec![12544, 1], vec![1, 0]]));
+        assert_eq!(d, vec![16, 4, 3136]);
+        assert_eq!(s, vec![vec![12544, 3136, 1], vec![1, 0, 0]]);
+    }
+
+    #[test]
+    fn enough_rows_or_no_divisor_leaves_the_nest_alone() {
+        let rows = (vec![128, 4096], vec![vec![4096, 1]]);
+        assert_eq!(split_rows(rows.clone()), rows);
+        let prime = (vec![100_003], vec![vec![1]]);
+        assert_eq!(split_rows(prime.clone()), prime);
+        let short = (vec![1000], vec![vec![1]]);
+        assert_eq!(split_rows(short.clone()), short);
+    }
 }

@@ -41,7 +41,9 @@ enum {
     PARE_ACT_SIGMOID = 4,
     PARE_ACT_TANH = 5,
     PARE_ACT_GELU = 6,       /* erf form */
-    PARE_ACT_GELU_TANH = 7
+    PARE_ACT_GELU_TANH = 7,
+    PARE_ACT_HARD_SIGMOID = 8, /* min(max(act_p0 * x + act_p1, 0), 1) */
+    PARE_ACT_HARD_SWISH = 9    /* x * min(max(x / 6 + 0.5, 0), 1) */
 };
 
 /* C = act(alpha*op(A)*op(B) + beta*C + bias + residual). */

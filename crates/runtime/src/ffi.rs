@@ -60,6 +60,10 @@ pub const PARE_ACT_TANH: i32 = 5;
 pub const PARE_ACT_GELU: i32 = 6;
 /// Gelu, tanh approximation.
 pub const PARE_ACT_GELU_TANH: i32 = 7;
+/// `clamp(p0 * x + p1, 0, 1)` (ONNX HardSigmoid).
+pub const PARE_ACT_HARD_SIGMOID: i32 = 8;
+/// `x * clamp(x / 6 + 1/2, 0, 1)` (ONNX HardSwish).
+pub const PARE_ACT_HARD_SWISH: i32 = 9;
 
 /// The fused epilogue, C layout. A NULL `*const PareEpilogue` means none.
 #[repr(C)]
@@ -190,6 +194,11 @@ unsafe fn epilogue<'a>(
         PARE_ACT_TANH => Activation::Tanh,
         PARE_ACT_GELU => Activation::Gelu,
         PARE_ACT_GELU_TANH => Activation::GeluTanh,
+        PARE_ACT_HARD_SIGMOID => Activation::HardSigmoid {
+            alpha: e.act_p0,
+            beta: e.act_p1,
+        },
+        PARE_ACT_HARD_SWISH => Activation::HardSwish,
         _ => return Ok(Err(PARE_ERR_EPILOGUE)),
     };
     Ok(Ok(Epilogue {

@@ -90,6 +90,8 @@ fn act_ref(act: Activation, x: f64) -> f64 {
             0.5 * x
                 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
         }
+        Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+        Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
     }
 }
 
@@ -376,6 +378,11 @@ fn activations() -> Vec<Activation> {
         Activation::Tanh,
         Activation::Gelu,
         Activation::GeluTanh,
+        Activation::HardSigmoid {
+            alpha: 0.3,
+            beta: 0.4,
+        },
+        Activation::HardSwish,
     ]
 }
 
@@ -900,6 +907,9 @@ fn activation_strategy() -> impl Strategy<Value = Activation> {
         Just(Activation::Tanh),
         Just(Activation::Gelu),
         Just(Activation::GeluTanh),
+        (0.0f32..1.0, 0.0f32..1.0)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
+        Just(Activation::HardSwish),
     ]
 }
 

@@ -75,11 +75,13 @@ fn act_ref(a: Activation, v: f32) -> f32 {
             0.5 * x
                 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
         }
+        Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
+        Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
     };
     r as f32
 }
 
-const ACTS: [Activation; 8] = [
+const ACTS: [Activation; 10] = [
     Activation::Identity,
     Activation::Relu,
     Activation::Clamp {
@@ -91,6 +93,11 @@ const ACTS: [Activation; 8] = [
     Activation::Tanh,
     Activation::Gelu,
     Activation::GeluTanh,
+    Activation::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    },
+    Activation::HardSwish,
 ];
 
 /// The reference: `MatMul` of the (possibly transposed) stored operands in the interpreter,

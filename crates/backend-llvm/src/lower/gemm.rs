@@ -522,6 +522,11 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
             Op::Relu if pos == 0 => Some(Activation::Relu),
             Op::Sigmoid if pos == 0 => Some(Activation::Sigmoid),
             Op::Tanh if pos == 0 => Some(Activation::Tanh),
+            Op::HardSwish if pos == 0 => Some(Activation::HardSwish),
+            Op::HardSigmoid(a) if pos == 0 => Some(Activation::HardSigmoid {
+                alpha: a.alpha,
+                beta: a.beta,
+            }),
             Op::LeakyRelu(a) if pos == 0 => Some(Activation::LeakyRelu { alpha: a.alpha }),
             Op::Gelu(a) if pos == 0 => Some(if a.approximate == "tanh" {
                 Activation::GeluTanh

@@ -325,6 +325,24 @@ mod imp {
                                 *x = _mm256_blendv_ps(*x, _mm256_mul_ps(*x, s), neg);
                             }
                         }
+                        Activation::HardSigmoid { alpha, beta } => {
+                            let (a, b) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+                            let one = _mm256_set1_ps(1.0);
+                            for x in v.iter_mut() {
+                                // The value is the second operand of max/min: NaN stays NaN.
+                                let h = _mm256_fmadd_ps(*x, a, b);
+                                *x = _mm256_min_ps(one, _mm256_max_ps(zero, h));
+                            }
+                        }
+                        Activation::HardSwish => {
+                            let (a, b) = (_mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                            let one = _mm256_set1_ps(1.0);
+                            for x in v.iter_mut() {
+                                let h = _mm256_fmadd_ps(*x, a, b);
+                                let h = _mm256_min_ps(one, _mm256_max_ps(zero, h));
+                                *x = _mm256_mul_ps(*x, h);
+                            }
+                        }
                         _ => {}
                     }
                 }

@@ -36,6 +36,15 @@ pub enum Activation {
     Gelu,
     /// ONNX Gelu, `approximate="tanh"`: `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`.
     GeluTanh,
+    /// ONNX HardSigmoid: `clamp(alpha x + beta, 0, 1)`.
+    HardSigmoid {
+        /// Slope.
+        alpha: f32,
+        /// Offset.
+        beta: f32,
+    },
+    /// ONNX HardSwish: `x clamp(x / 6 + 1/2, 0, 1)`.
+    HardSwish,
 }
 
 impl Activation {
@@ -48,6 +57,8 @@ impl Activation {
                 | Activation::Relu
                 | Activation::Clamp { .. }
                 | Activation::LeakyRelu { .. }
+                | Activation::HardSigmoid { .. }
+                | Activation::HardSwish
         )
     }
 
@@ -64,6 +75,9 @@ impl Activation {
             }
             Activation::LeakyRelu { alpha } if alpha.is_nan() => {
                 Err(GemmError::Activation("leaky relu alpha is NaN"))
+            }
+            Activation::HardSigmoid { alpha, beta } if alpha.is_nan() || beta.is_nan() => {
+                Err(GemmError::Activation("hard sigmoid parameter is NaN"))
             }
             _ => Ok(()),
         }
@@ -87,6 +101,8 @@ impl Activation {
             Activation::Tanh => tanh(x),
             Activation::Gelu => gelu(x),
             Activation::GeluTanh => gelu_tanh(x),
+            Activation::HardSigmoid { alpha, beta } => hard_sigmoid(x, alpha, beta),
+            Activation::HardSwish => x * hard_sigmoid(x, 1.0 / 6.0, 0.5),
         }
     }
 
@@ -107,6 +123,12 @@ impl Activation {
             Activation::Tanh => xs.iter_mut().for_each(|x| *x = tanh(*x)),
             Activation::Gelu => xs.iter_mut().for_each(|x| *x = gelu(*x)),
             Activation::GeluTanh => xs.iter_mut().for_each(|x| *x = gelu_tanh(*x)),
+            Activation::HardSigmoid { alpha, beta } => xs
+                .iter_mut()
+                .for_each(|x| *x = hard_sigmoid(*x, alpha, beta)),
+            Activation::HardSwish => xs
+                .iter_mut()
+                .for_each(|x| *x *= hard_sigmoid(*x, 1.0 / 6.0, 0.5)),
         }
     }
 }
@@ -179,6 +201,12 @@ fn relu(x: f32) -> f32 {
     } else {
         x
     }
+}
+
+/// `clamp(alpha x + beta, 0, 1)`, NaN for NaN (as the interpreter's `f32::clamp`).
+#[inline(always)]
+fn hard_sigmoid(x: f32, alpha: f32, beta: f32) -> f32 {
+    clamp(alpha * x + beta, 0.0, 1.0)
 }
 
 #[inline(always)]

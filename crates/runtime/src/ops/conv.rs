@@ -42,8 +42,8 @@ use std::sync::Mutex;
 
 use super::{STATUS_INTERNAL, STATUS_NULL, STATUS_OK, STATUS_PARAMS};
 use crate::ffi::{
-    PARE_ACT_CLAMP, PARE_ACT_GELU, PARE_ACT_GELU_TANH, PARE_ACT_IDENTITY, PARE_ACT_LEAKY_RELU,
-    PARE_ACT_RELU, PARE_ACT_SIGMOID, PARE_ACT_TANH,
+    PARE_ACT_CLAMP, PARE_ACT_GELU, PARE_ACT_GELU_TANH, PARE_ACT_HARD_SIGMOID, PARE_ACT_HARD_SWISH,
+    PARE_ACT_IDENTITY, PARE_ACT_LEAKY_RELU, PARE_ACT_RELU, PARE_ACT_SIGMOID, PARE_ACT_TANH,
 };
 use crate::gemm::{MR, NR};
 use crate::{Activation, BOperand, Bias, Epilogue, Gemm, Isa, PackedB, PackedBRef, Residual};
@@ -117,6 +117,8 @@ pub(crate) fn encode_activation(a: &Activation, out: &mut Vec<i64>) {
         Activation::Tanh => (PARE_ACT_TANH, 0.0, 0.0),
         Activation::Gelu => (PARE_ACT_GELU, 0.0, 0.0),
         Activation::GeluTanh => (PARE_ACT_GELU_TANH, 0.0, 0.0),
+        Activation::HardSigmoid { alpha, beta } => (PARE_ACT_HARD_SIGMOID, alpha, beta),
+        Activation::HardSwish => (PARE_ACT_HARD_SWISH, 0.0, 0.0),
     };
     out.push(kind as i64);
     out.push(super::f64_word(p0 as f64));
@@ -136,6 +138,11 @@ pub(crate) fn decode_activation(w: &[i64]) -> Option<Activation> {
         PARE_ACT_TANH => Activation::Tanh,
         PARE_ACT_GELU => Activation::Gelu,
         PARE_ACT_GELU_TANH => Activation::GeluTanh,
+        PARE_ACT_HARD_SIGMOID => Activation::HardSigmoid {
+            alpha: p0,
+            beta: p1,
+        },
+        PARE_ACT_HARD_SWISH => Activation::HardSwish,
         _ => return None,
     };
     a.validate().ok()?;
@@ -575,6 +582,14 @@ pub(crate) mod simd {
                 Activation::LeakyRelu { alpha } => {
                     let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_setzero_ps());
                     _mm256_blendv_ps(a, _mm256_mul_ps(a, _mm256_set1_ps(alpha)), neg)
+                }
+                Activation::HardSwish => {
+                    // min/max return their second operand for NaN: keep NaN by putting the
+                    // value second.
+                    let h = _mm256_fmadd_ps(a, _mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                    let h = _mm256_max_ps(_mm256_setzero_ps(), h);
+                    let h = _mm256_min_ps(_mm256_set1_ps(1.0), h);
+                    _mm256_mul_ps(a, h)
                 }
                 other => {
                     let mut t = [0.0f32; 8];
