@@ -37,6 +37,9 @@ fn main() {
         (128, 384, 1536, "bert-ish ffn down"),
         (3136, 64, 576, "conv3x3 64ch im2col"),
         (1, 1000, 1280, "classifier m=1"),
+        (32, 384, 384, "minilm qkv/out m=32"),
+        (32, 1536, 384, "minilm ffn up m=32"),
+        (32, 384, 1536, "minilm ffn down m=32"),
     ];
     println!(
         "mode: {}, {} of {samples} samples",

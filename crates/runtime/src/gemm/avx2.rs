@@ -194,6 +194,9 @@ mod imp {
         }
     }
 
+    /// Steps (64-byte B rows) between a B load and its prefetch.
+    const B_PREFETCH: usize = 24;
+
     /// The inner loop: `acc[i] += a[i, p] * b[p, 0..16]` for `p < kc`, unrolled by 4.
     ///
     /// # Safety
@@ -206,12 +209,18 @@ mod imp {
         cs: usize,
         mut b: *const f32,
     ) -> [[__m256; 2]; M] {
-        // SAFETY: every pointer formed is `a + i*rs + p*cs` (i < M, p < kc) or `b + p*NR + 0..16`
-        // (p < kc), readable by the contract; intrinsics need AVX2/FMA, present by contract.
+        // SAFETY: every pointer read is `a + i*rs + p*cs` (i < M, p < kc) or `b + p*NR + 0..16`
+        // (p < kc), readable by the contract; the prefetch address is formed with
+        // `wrapping_add` and prefetches never fault; intrinsics need AVX2/FMA, present by
+        // contract.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
             macro_rules! step {
                 () => {
+                    // B streams through once per panel for the first row tile (from L3 when
+                    // the weights do not fit in L2, as in a transformer's per-token GEMMs):
+                    // ask for the line B_PREFETCH steps ahead, which runs into the next panel.
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(B_PREFETCH * NR) as *const i8);
                     let b0 = _mm256_loadu_ps(b);
                     let b1 = _mm256_loadu_ps(b.add(8));
                     for (i, row) in acc.iter_mut().enumerate() {
