@@ -26,6 +26,8 @@ pub fn registry() -> Registry {
 pub fn register(reg: &mut Registry) {
     pare_canonicalize::register(reg);
     pare_fuse::register(reg);
+    pare_quantize::register(reg);
+    pare_lowrank::register(reg);
     reg.register_default::<Calibrate>(
         "calibrate",
         "run the calibration samples (--calib) and keep ranges, histograms and XᵀX for later passes",
