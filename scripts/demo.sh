@@ -2,7 +2,9 @@
 # The main job on a bundled real model: fetch it, build pare, inspect it, run it on a fixture
 # input, canonicalize it (folding, fusion, layout clean-up) with a report, measure the fidelity of
 # the result against the original, check that onnxruntime runs it with the same outputs, then
-# compile it to a native executable, check its outputs and time it against onnxruntime.
+# compile it to a native executable, check its outputs and time it against onnxruntime; finally
+# compress it (int8 weights by `quantize`), measure its fidelity, check that onnxruntime runs
+# it, and compile and time it.
 # Usage: scripts/demo.sh [MODEL_NAME]   (a name from tests/models/models.json; default minilm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,3 +65,33 @@ PY
 echo "== timing: compiled executable vs onnxruntime (1 thread, median of 50 runs)"
 "$out/$name.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1
 python3 benches/compiled_vs_ort.py --models "$name" --threads 1 --repeat 50 --no-gemm | grep -E "^\| $name|Geometric" || true
+echo
+echo "== compress: pare opt --passes 'quantize(bits=8),canonicalize' (int8 weights, per output channel)"
+"$pare" opt "$model" -o "$out/$name.int8.onnx" --passes 'quantize(bits=8),canonicalize' \
+    --report-md "$out/$name.int8.md"
+size() { du -b "$1" | cut -f1; [ -f "$1.data" ] && du -b "$1.data" | cut -f1 || true; }
+echo "ONNX bytes (with external data): $(size "$model" | paste -sd+ | bc) -> $(size "$out/$name.int8.onnx" | paste -sd+ | bc)"
+echo "== pare eval: original vs int8 on tests/models/$name"
+"$pare" eval "$model" "$out/$name.int8.onnx" --inputs "tests/models/$name" | python3 -c '
+import json, sys
+for o in json.load(sys.stdin)["outputs"]:
+    print("  %s: cosine %.5f, max rel err %.3g" % (o["name"], o["cosine_min"], o["max_rel_err"]))'
+echo "== onnxruntime runs the int8 model (QDQ): relative L2 error vs the original, test_data_set_2"
+python3 - "$model" "$out/$name.int8.onnx" "tests/models/$name/test_data_set_2" <<'PY'
+import glob, sys
+import numpy as np, onnx, onnxruntime as ort
+from onnx import numpy_helper
+ins = [numpy_helper.to_array(onnx.load_tensor(f)) for f in sorted(glob.glob(sys.argv[3] + "/input_*.pb"))]
+def run(p):
+    s = ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+    return s.get_outputs(), s.run(None, dict(zip([i.name for i in s.get_inputs()], ins)))
+outs, a = run(sys.argv[1])
+_, b = run(sys.argv[2])
+for o, x, y in zip(outs, a, b):
+    if x.dtype.kind == "f":
+        e = np.linalg.norm((x - y).ravel()) / np.linalg.norm(x.ravel())
+        print(f"  {o.name}: relative L2 error {e:.3g}")
+PY
+echo "== pare compile the int8 model (weights are dequantized at compile time: no integer kernels yet)"
+"$pare" compile "$out/$name.int8.onnx" --shape "$shape" --emit exe -o "$out/$name.int8.exe" | grep -E "^compiled|plan:"
+"$out/$name.int8.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1 | grep median_ms

@@ -116,13 +116,20 @@ pub struct Options {
     pub opt_level: u8,
 }
 
+/// The pipeline `pare compile` runs before lowering: constant subgraphs are folded even when
+/// that grows the constants (up to 1 GiB more), because the artifact needs their values
+/// anyway and computing them at run time would be wasted work: a weight stored as
+/// `DequantizeLinear(int8 codes, scale)` by `quantize` compiles to its f32 values (no integer
+/// kernels yet), then `canonicalize` runs to its fixpoint.
+pub const COMPILE_PIPELINE: &str = "fold-constants(max-growth-bytes=1073741824),canonicalize";
+
 impl Default for Options {
     fn default() -> Self {
         Options {
             symbols: HashMap::new(),
             input_shapes: HashMap::new(),
             input_values: HashMap::new(),
-            pipeline: "canonicalize".into(),
+            pipeline: COMPILE_PIPELINE.into(),
             target: Target::host(),
             prefix: "pare_model".into(),
             opt_level: 3,

@@ -77,8 +77,10 @@ pub fn compile(a: &CompileArgs) -> Result<()> {
     let m = crate::load(&a.model)?;
     let bindings = crate::inspect::parse_bindings(&a.shape)?;
     let pipeline = match &a.passes {
-        Some(p) if !p.trim().is_empty() => format!("{p},canonicalize"),
-        _ => "canonicalize".to_string(),
+        Some(p) if !p.trim().is_empty() => {
+            format!("{p},{}", pare_backend_llvm::COMPILE_PIPELINE)
+        }
+        _ => pare_backend_llvm::COMPILE_PIPELINE.to_string(),
     };
     // Check the pipeline before the (slow) work.
     pare_passes::registry()
