@@ -42,6 +42,42 @@ fn compile(model: &Path, emit: &str, out: &Path, shape: &str) -> String {
         .arg(out))
 }
 
+/// The `.npy` files an executable wrote to `out_dir` match the interpreter's outputs of `model`
+/// on `inputs` within 1e-4 of each output's scale.
+fn assert_outputs_match(model_path: &Path, inputs: &[(String, pare_ir::Tensor)], out_dir: &Path) {
+    let model = pare_onnx::load_model(model_path, &Default::default()).expect("load");
+    let tensors: Vec<_> = inputs.iter().map(|(_, t)| t.clone()).collect();
+    let expected = pare_interp::Interpreter::new()
+        .run(&model.graph, &tensors)
+        .expect("interpreter");
+    for (&v, e) in model.graph.outputs().iter().zip(&expected) {
+        let name: String = model
+            .graph
+            .value(v)
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let got = pare_ir::npy::from_npy(
+            &std::fs::read(out_dir.join(format!("{name}.npy"))).expect("output npy"),
+        )
+        .expect("npy");
+        let scale = e
+            .to_f64_vec()
+            .unwrap()
+            .iter()
+            .fold(0f64, |m, x| m.max(x.abs()))
+            .max(1e-6);
+        compare(e, &got, 0.0, 1e-4 * scale).unwrap_or_else(|m| panic!("exe output {name}: {m}"));
+    }
+}
+
 #[test]
 fn every_emit_kind_works_on_a_real_model() {
     if !have_cc() {
@@ -77,37 +113,7 @@ fn every_emit_kind_works_on_a_real_model() {
         .arg(ds)
         .arg("--out")
         .arg(&out_dir));
-    let model = pare_onnx::load_model(&c.model, &Default::default()).expect("load");
-    let tensors: Vec<_> = inputs.iter().map(|(_, t)| t.clone()).collect();
-    let expected = pare_interp::Interpreter::new()
-        .run(&model.graph, &tensors)
-        .expect("interpreter");
-    for (&v, e) in model.graph.outputs().iter().zip(&expected) {
-        let name: String = model
-            .graph
-            .value(v)
-            .name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let got = pare_ir::npy::from_npy(
-            &std::fs::read(out_dir.join(format!("{name}.npy"))).expect("output npy"),
-        )
-        .expect("npy");
-        let scale = e
-            .to_f64_vec()
-            .unwrap()
-            .iter()
-            .fold(0f64, |m, x| m.max(x.abs()))
-            .max(1e-6);
-        compare(e, &got, 0.0, 1e-4 * scale).unwrap_or_else(|m| panic!("exe output {name}: {m}"));
-    }
+    assert_outputs_match(&c.model, &inputs, &out_dir);
     let bench =
         run(Command::new(&exe)
             .arg("--inputs")
@@ -218,4 +224,43 @@ fn compile_errors_name_the_problem() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--emit dll"));
     let _ = std::fs::remove_dir_all(dir.path().join("none"));
+}
+
+#[test]
+fn a_quantized_model_compiles() {
+    // `quantize` writes weights as DequantizeLinear(int8 codes, scale); `pare compile` folds
+    // them into f32 constants and the executable matches the interpreter on the int8 model.
+    let c = cases()
+        .into_iter()
+        .find(|c| c.name == "ocr-cls")
+        .expect("ocr-cls fixture");
+    let ds = &data_set_dirs(&c.fixtures)[0];
+    let inputs = read_data_set(ds, "input_").expect("inputs");
+    let shape = format!(
+        "x={}",
+        inputs[0]
+            .1
+            .shape()
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x")
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = dir.path().join("int8.onnx");
+    let report = run(Command::new(pare())
+        .arg("opt")
+        .arg(&c.model)
+        .args(["--passes", "quantize(bits=8,min-elements=256)", "-o"])
+        .arg(&q));
+    assert!(report.contains("layers-quantized="), "{report}");
+    let exe = dir.path().join("int8");
+    compile(&q, "exe", &exe, &shape);
+    let out_dir = dir.path().join("out");
+    run(Command::new(&exe)
+        .arg("--inputs")
+        .arg(ds)
+        .arg("--out")
+        .arg(&out_dir));
+    assert_outputs_match(&q, &inputs, &out_dir);
 }
