@@ -69,8 +69,8 @@ echo
 echo "== compress: pare opt --passes 'quantize(bits=8),canonicalize' (int8 weights, per output channel)"
 "$pare" opt "$model" -o "$out/$name.int8.onnx" --passes 'quantize(bits=8),canonicalize' \
     --report-md "$out/$name.int8.md"
-size() { du -b "$1" | cut -f1; [ -f "$1.data" ] && du -b "$1.data" | cut -f1 || true; }
-echo "ONNX bytes (with external data): $(size "$model" | paste -sd+ | bc) -> $(size "$out/$name.int8.onnx" | paste -sd+ | bc)"
+size() { python3 -c 'import os, sys; p = sys.argv[1]; print(sum(os.path.getsize(f) for f in (p, p + ".data") if os.path.exists(f)))' "$1"; }
+echo "ONNX bytes (with external data): $(size "$model") -> $(size "$out/$name.int8.onnx")"
 echo "== pare eval: original vs int8 on tests/models/$name"
 "$pare" eval "$model" "$out/$name.int8.onnx" --inputs "tests/models/$name" | python3 -c '
 import json, sys
