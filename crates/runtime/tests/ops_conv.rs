@@ -11,44 +11,12 @@ use pare_runtime::ops::conv::*;
 use pare_runtime::ops::{KernelFn, STATUS_NULL, STATUS_OK, STATUS_PARAMS};
 use pare_runtime::Activation;
 
+mod common;
+use common::{act_ref, assert_close, dims, fill, Rng, ACTS};
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Deterministic values in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-/// A tiny deterministic generator for random cases.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
-}
-
-fn dims(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 fn interp(src: &str, inputs: &[Tensor]) -> Tensor {
     let g = pare_ir::text::parse_graph(src).unwrap_or_else(|e| panic!("{e}\n{src}"));
@@ -57,62 +25,6 @@ fn interp(src: &str, inputs: &[Tensor]) -> Tensor {
         .unwrap_or_else(|e| panic!("{e}\n{src}"))
         .remove(0)
 }
-
-#[track_caller]
-fn assert_close(got: &[f32], want: &[f32], ctx: &str) {
-    assert_eq!(got.len(), want.len(), "{ctx}: length");
-    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-4 * scale;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= tol || (g.is_nan() && w.is_nan()) || g == w;
-        assert!(ok, "{ctx}: element {i}: got {g}, want {w} (tol {tol})");
-    }
-}
-
-fn act_ref(a: Activation, v: f32) -> f32 {
-    let x = v as f64;
-    let r = match a {
-        Activation::Identity => x,
-        Activation::Relu => x.max(0.0),
-        Activation::Clamp { min, max } => x.max(min as f64).min(max as f64),
-        Activation::LeakyRelu { alpha } => {
-            if x < 0.0 {
-                alpha as f64 * x
-            } else {
-                x
-            }
-        }
-        Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-        Activation::Tanh => x.tanh(),
-        Activation::Gelu => 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2)),
-        Activation::GeluTanh => {
-            0.5 * x
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
-        }
-        Activation::HardSigmoid { alpha, beta } => (alpha as f64 * x + beta as f64).clamp(0.0, 1.0),
-        Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
-    };
-    r as f32
-}
-
-const ACTS: [Activation; 10] = [
-    Activation::Identity,
-    Activation::Relu,
-    Activation::Clamp {
-        min: -0.5,
-        max: 0.75,
-    },
-    Activation::LeakyRelu { alpha: 0.1 },
-    Activation::Sigmoid,
-    Activation::Tanh,
-    Activation::Gelu,
-    Activation::GeluTanh,
-    Activation::HardSigmoid {
-        alpha: 0.2,
-        beta: 0.5,
-    },
-    Activation::HardSwish,
-];
 
 fn call(k: KernelFn, params: &[i64], bufs: &[*mut u8], threads: usize) -> i32 {
     // SAFETY: the tests pass buffers of the sizes the parameters imply.

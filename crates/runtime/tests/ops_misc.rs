@@ -16,31 +16,12 @@ use pare_runtime::ops::reduce::*;
 use pare_runtime::ops::resize::*;
 use pare_runtime::ops::{KernelFn, STATUS_INDEX, STATUS_NULL, STATUS_OK, STATUS_PARAMS};
 
+mod common;
+use common::{assert_close, dims, fill};
+
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Deterministic values in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn dims(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 fn numel(s: &[usize]) -> usize {
     s.iter().product()
@@ -56,17 +37,6 @@ fn interp(src: &str, inputs: &[Tensor]) -> Vec<Tensor> {
 
 fn f32s(t: &Tensor) -> Vec<f32> {
     t.to_vec::<f32>().expect("f32 tensor")
-}
-
-#[track_caller]
-fn assert_close(got: &[f32], want: &[f32], ctx: &str) {
-    assert_eq!(got.len(), want.len(), "{ctx}: length");
-    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-4 * scale;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= tol || (g.is_nan() && w.is_nan()) || g == w;
-        assert!(ok, "{ctx}: element {i}: got {g}, want {w} (tol {tol})");
-    }
 }
 
 /// Calls a kernel through its C entry point.

@@ -8,50 +8,8 @@ use pare_ir::Tensor;
 use pare_runtime::ops::pool::*;
 use pare_runtime::ops::{STATUS_NULL, STATUS_OK, STATUS_PARAMS};
 
-/// Deterministic values in [-1, 1).
-fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) as usize) % n
-    }
-}
-
-fn dims(s: &[usize]) -> String {
-    s.iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-#[track_caller]
-fn assert_close(got: &[f32], want: &[f32], ctx: &str) {
-    assert_eq!(got.len(), want.len(), "{ctx}: length");
-    let scale = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-    let tol = 1e-4 * scale;
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        let ok = (g - w).abs() <= tol || (g.is_nan() && w.is_nan()) || g == w;
-        assert!(ok, "{ctx}: element {i}: got {g}, want {w} (tol {tol})");
-    }
-}
+mod common;
+use common::{assert_close, dims, fill, Rng};
 
 fn call(params: &[i64], x: &[f32], y: &mut [f32], threads: usize) -> i32 {
     let bufs = [x.as_ptr() as *mut u8, y.as_mut_ptr() as *mut u8];
