@@ -833,113 +833,216 @@ fn update_channels(cr: &mut ChannelRange, data: &[f32], shape: &[usize]) {
 /// Adds `XᵀX` of the rows of `data` to the plan.
 fn accumulate(p: &mut Plan, data: &[f32], shape: &[usize]) -> Result<(), String> {
     let k = p.k;
-    match &p.layout {
-        RowLayout::Dense { transposed } => {
-            let (rows, rs, cs) = if *transposed {
-                // [K, M]: row r is column r.
-                if shape.len() != 2 || shape[0] != k {
-                    return Err(format!("input shape {shape:?} does not match K = {k}"));
-                }
-                (shape[1], 1usize, shape[1])
-            } else {
-                if shape.last() != Some(&k) {
-                    return Err(format!("input shape {shape:?} does not match K = {k}"));
-                }
-                (data.len() / k.max(1), k, 1usize)
-            };
-            syrk_rows(&mut p.data, k, rows, &|r, out: &mut [f64]| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = data[r * rs + i * cs] as f64;
-                }
-            });
-            p.rows += rows as u64;
-        }
-        RowLayout::Conv {
-            group,
-            kernel,
-            strides,
-            dilations,
-            pads,
-            auto_pad,
-        } => {
-            // [N, C, H, W] or [N, C, L] (as H = 1).
-            let (n, c, h, w) = match shape {
-                [n, c, l] => (*n, *c, 1, *l),
-                [n, c, h, w] => (*n, *c, *h, *w),
-                _ => return Err(format!("conv input shape {shape:?} not supported")),
-            };
-            let g = *group;
-            if g == 0 || c % g != 0 || (c / g) * kernel[0] * kernel[1] != k {
-                return Err(format!(
-                    "conv input shape {shape:?} does not match the weight"
-                ));
-            }
-            let cg = c / g;
-            let mut pd = *pads;
-            let mut out = [0usize; 2];
-            for (d, &len) in [h, w].iter().enumerate() {
-                let eff = dilations[d] * (kernel[d].max(1) - 1) + 1;
-                let s = strides[d].max(1);
-                match auto_pad.as_str() {
-                    "SAME_UPPER" | "SAME_LOWER" => {
-                        let o = len.div_ceil(s);
-                        let total = ((o.max(1) - 1) * s + eff).saturating_sub(len);
-                        let (b, e) = if auto_pad == "SAME_UPPER" {
-                            (total / 2, total - total / 2)
-                        } else {
-                            (total - total / 2, total / 2)
-                        };
-                        pd[d] = b;
-                        pd[d + 2] = e;
+    let rows = p.layout.rows(k, data, shape)?;
+    for gi in 0..rows.groups() {
+        let block = &mut p.data[gi * k * k..(gi + 1) * k * k];
+        syrk_rows(block, k, rows.count(), &|r, out: &mut [f64]| {
+            rows.fill(gi, r, out)
+        });
+    }
+    p.rows += rows.count() as u64;
+    Ok(())
+}
+
+/// The rows of a linear layer's input as [`Hessian`] accumulates them (see
+/// [`RowLayout::rows`]).
+pub struct Rows<'a> {
+    data: &'a [f32],
+    k: usize,
+    count: usize,
+    kind: RowsKind,
+}
+
+enum RowsKind {
+    /// Row `r` is `data[r·rs + i·cs]`, `i < k`.
+    Dense { rs: usize, cs: usize },
+    /// im2col of an `[n, c, h, w]` input.
+    Conv {
+        groups: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        oh: usize,
+        ow: usize,
+        kernel: [usize; 2],
+        strides: [usize; 2],
+        dilations: [usize; 2],
+        pads: [usize; 4],
+    },
+}
+
+impl RowLayout {
+    /// The rows of `data` (shape `shape`), a layer input of this layout whose rows have `k`
+    /// elements: the input vectors along `K` of a MatMul/Gemm, or the im2col patches
+    /// `(c, ky, kx)` of each output position (batch-major, then output row, then column) of
+    /// each conv group.
+    pub fn rows<'a>(&self, k: usize, data: &'a [f32], shape: &[usize]) -> Result<Rows<'a>, String> {
+        match self {
+            RowLayout::Dense { transposed } => {
+                let (count, rs, cs) = if *transposed {
+                    // [K, M]: row r is column r.
+                    if shape.len() != 2 || shape[0] != k {
+                        return Err(format!("input shape {shape:?} does not match K = {k}"));
                     }
-                    "VALID" => {
-                        pd[d] = 0;
-                        pd[d + 2] = 0;
+                    (shape[1], 1usize, shape[1])
+                } else {
+                    if shape.last() != Some(&k) {
+                        return Err(format!("input shape {shape:?} does not match K = {k}"));
                     }
-                    _ => {}
-                }
-                let padded = len + pd[d] + pd[d + 2];
-                if padded < eff {
-                    return Err("kernel larger than the padded input".into());
-                }
-                out[d] = (padded - eff) / s + 1;
+                    (data.len() / k.max(1), k, 1usize)
+                };
+                Ok(Rows {
+                    data,
+                    k,
+                    count,
+                    kind: RowsKind::Dense { rs, cs },
+                })
             }
-            let (oh, ow) = (out[0], out[1]);
-            let rows = n * oh * ow;
-            let (kh, kw) = (kernel[0], kernel[1]);
-            for gi in 0..g {
-                let block = &mut p.data[gi * k * k..(gi + 1) * k * k];
-                syrk_rows(block, k, rows, &|r, outv: &mut [f64]| {
-                    let ni = r / (oh * ow);
-                    let oy = (r / ow) % oh;
-                    let ox = r % ow;
-                    let mut idx = 0;
-                    for cl in 0..cg {
-                        let ch = gi * cg + cl;
-                        let base = (ni * c + ch) * h * w;
-                        for ky in 0..kh {
-                            let iy =
-                                (oy * strides[0] + ky * dilations[0]) as isize - pd[0] as isize;
-                            for kx in 0..kw {
-                                let ix =
-                                    (ox * strides[1] + kx * dilations[1]) as isize - pd[1] as isize;
-                                outv[idx] =
-                                    if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w
-                                    {
-                                        data[base + iy as usize * w + ix as usize] as f64
-                                    } else {
-                                        0.0
-                                    };
-                                idx += 1;
-                            }
+            RowLayout::Conv {
+                group,
+                kernel,
+                strides,
+                dilations,
+                pads,
+                auto_pad,
+            } => {
+                // [N, C, H, W] or [N, C, L] (as H = 1).
+                let (n, c, h, w) = match shape {
+                    [n, c, l] => (*n, *c, 1, *l),
+                    [n, c, h, w] => (*n, *c, *h, *w),
+                    _ => return Err(format!("conv input shape {shape:?} not supported")),
+                };
+                let g = *group;
+                if g == 0 || c % g != 0 || (c / g) * kernel[0] * kernel[1] != k {
+                    return Err(format!(
+                        "conv input shape {shape:?} does not match the weight"
+                    ));
+                }
+                if data.len() < n * c * h * w {
+                    return Err(format!("conv input holds fewer elements than {shape:?}"));
+                }
+                let mut pd = *pads;
+                let mut out = [0usize; 2];
+                for (d, &len) in [h, w].iter().enumerate() {
+                    let eff = dilations[d] * (kernel[d].max(1) - 1) + 1;
+                    let s = strides[d].max(1);
+                    match auto_pad.as_str() {
+                        "SAME_UPPER" | "SAME_LOWER" => {
+                            let o = len.div_ceil(s);
+                            let total = ((o.max(1) - 1) * s + eff).saturating_sub(len);
+                            let (b, e) = if auto_pad == "SAME_UPPER" {
+                                (total / 2, total - total / 2)
+                            } else {
+                                (total - total / 2, total / 2)
+                            };
+                            pd[d] = b;
+                            pd[d + 2] = e;
                         }
+                        "VALID" => {
+                            pd[d] = 0;
+                            pd[d + 2] = 0;
+                        }
+                        _ => {}
                     }
-                });
+                    let padded = len + pd[d] + pd[d + 2];
+                    if padded < eff {
+                        return Err("kernel larger than the padded input".into());
+                    }
+                    out[d] = (padded - eff) / s + 1;
+                }
+                Ok(Rows {
+                    data,
+                    k,
+                    count: n * out[0] * out[1],
+                    kind: RowsKind::Conv {
+                        groups: g,
+                        c,
+                        h,
+                        w,
+                        oh: out[0],
+                        ow: out[1],
+                        kernel: *kernel,
+                        strides: *strides,
+                        dilations: *dilations,
+                        pads: pd,
+                    },
+                })
             }
-            p.rows += rows as u64;
         }
     }
-    Ok(())
+}
+
+impl Rows<'_> {
+    /// Rows per group.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Row length.
+    pub fn len(&self) -> usize {
+        self.k
+    }
+
+    /// True when rows are empty.
+    pub fn is_empty(&self) -> bool {
+        self.k == 0
+    }
+
+    /// Independent groups (conv groups; 1 for MatMul/Gemm).
+    pub fn groups(&self) -> usize {
+        match self.kind {
+            RowsKind::Dense { .. } => 1,
+            RowsKind::Conv { groups, .. } => groups,
+        }
+    }
+
+    /// Writes row `r` of group `gi` into `out` (`out.len() >= k`; zero padding gives 0).
+    pub fn fill(&self, gi: usize, r: usize, out: &mut [f64]) {
+        let data = self.data;
+        match self.kind {
+            RowsKind::Dense { rs, cs } => {
+                for (i, o) in out.iter_mut().take(self.k).enumerate() {
+                    *o = data[r * rs + i * cs] as f64;
+                }
+            }
+            RowsKind::Conv {
+                groups,
+                c,
+                h,
+                w,
+                oh,
+                ow,
+                kernel: [kh, kw],
+                strides,
+                dilations,
+                pads: pd,
+            } => {
+                let cg = c / groups.max(1);
+                let ni = r / (oh * ow);
+                let oy = (r / ow) % oh;
+                let ox = r % ow;
+                let mut idx = 0;
+                for cl in 0..cg {
+                    let ch = gi * cg + cl;
+                    let base = (ni * c + ch) * h * w;
+                    for ky in 0..kh {
+                        let iy = (oy * strides[0] + ky * dilations[0]) as isize - pd[0] as isize;
+                        for kx in 0..kw {
+                            let ix =
+                                (ox * strides[1] + kx * dilations[1]) as isize - pd[1] as isize;
+                            out[idx] =
+                                if iy >= 0 && (iy as usize) < h && ix >= 0 && (ix as usize) < w {
+                                    data[base + iy as usize * w + ix as usize] as f64
+                                } else {
+                                    0.0
+                                };
+                            idx += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `h += Σ_r x_r x_rᵀ` over `rows` rows of length `k`, each produced by `fill(r, buf)`;

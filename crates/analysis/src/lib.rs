@@ -30,6 +30,6 @@ pub mod calib;
 pub mod coupling;
 pub mod histogram;
 
-pub use calib::{CalibConfig, CalibStats, ChannelRange, Hessian, RowLayout, ValueStats};
+pub use calib::{CalibConfig, CalibStats, ChannelRange, Hessian, RowLayout, Rows, ValueStats};
 pub use coupling::{Carrier, CouplingGroups, CouplingSummary, Group, Member, Role, Target};
 pub use histogram::Histogram;
