@@ -66,8 +66,8 @@ echo "== timing: compiled executable vs onnxruntime (1 thread, median of 50 runs
 "$out/$name.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1
 python3 benches/compiled_vs_ort.py --models "$name" --threads 1 --repeat 50 --no-gemm | grep -E "^\| $name|Geometric" || true
 echo
-echo "== compress: pare opt --passes 'quantize(bits=8),canonicalize' (int8 weights, per output channel)"
-"$pare" opt "$model" -o "$out/$name.int8.onnx" --passes 'quantize(bits=8),canonicalize' \
+echo "== compress: pare opt --passes 'quantize(bits=8,weights-only=true),canonicalize' (int8 weights, per output channel)"
+"$pare" opt "$model" -o "$out/$name.int8.onnx" --passes 'quantize(bits=8,weights-only=true),canonicalize' \
     --report-md "$out/$name.int8.md"
 size() { python3 -c 'import os, sys; p = sys.argv[1]; print(sum(os.path.getsize(f) for f in (p, p + ".data") if os.path.exists(f)))' "$1"; }
 echo "ONNX bytes (with external data): $(size "$model") -> $(size "$out/$name.int8.onnx")"

@@ -251,7 +251,11 @@ fn a_quantized_model_compiles() {
     let report = run(Command::new(pare())
         .arg("opt")
         .arg(&c.model)
-        .args(["--passes", "quantize(bits=8,min-elements=256)", "-o"])
+        .args([
+            "--passes",
+            "quantize(bits=8,weights-only=true,min-elements=256)",
+            "-o",
+        ])
         .arg(&q));
     assert!(report.contains("layers-quantized="), "{report}");
     let exe = dir.path().join("int8");

@@ -1,15 +1,18 @@
 //! The `quantize` pass: finds the weights, quantizes them with the chosen method and rewrites
 //! the graph in the chosen format. See the crate documentation for what it guarantees.
 
+use crate::act::{select_range, ActGrid, Calibrate};
 use crate::awq::{activation_rms, awq, GRID};
 use crate::error::QuantError;
 use crate::gptq::{gptq, h_error};
 use crate::nbits;
 use crate::scheme::{rel_error, rtn, QuantMatrix, Scheme};
+use crate::search;
 use pare_analysis::CalibStats;
-use pare_ir::op::DequantizeAttrs;
+use pare_ir::op::{CastAttrs, DequantizeAttrs};
 use pare_ir::{DType, Graph, NodeId, Op, Shape, Tensor, TensorType, ValueId};
 use pare_pass::{Pass, PassContext, PassError, PassReport};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 const NAME: &str = "quantize";
@@ -26,8 +29,19 @@ pub struct QuantizeOptions {
     pub method: String,
     /// Symmetric signed codes (true) or unsigned codes with zero points (false).
     pub symmetric: bool,
-    /// Only weights (the only mode implemented so far).
-    pub weights_only: bool,
+    /// Quantize weights only (true) or weights and activations (false); absent = false for
+    /// `bits=8` per-channel QDQ, true otherwise.
+    pub weights_only: Option<bool>,
+    /// Activation quantization: `auto` (static with calibration samples, dynamic without),
+    /// `static` or `dynamic`.
+    pub activations: String,
+    /// Static activation range rule: `auto` (searched per activation), `minmax`,
+    /// `percentile`, `mse` or `entropy`.
+    pub calibrate: String,
+    /// Percentage of values kept by `calibrate=percentile`.
+    pub percentile: f64,
+    /// Symmetric int8 activations (zero point 0) instead of asymmetric uint8.
+    pub act_symmetric: bool,
     /// GPTQ dampening, as a fraction of the mean diagonal of XᵀX.
     pub damp: f64,
     /// `qdq` (DequantizeLinear) or `matmulnbits` (com.microsoft MatMulNBits for MatMul/Gemm).
@@ -36,6 +50,10 @@ pub struct QuantizeOptions {
     pub min_elements: i64,
 }
 
+/// The default static range rule: measured best on held-out inputs of the five real models in
+/// onnxruntime (docs/benchmarks.md), and cheaper than `auto` (see docs/passes.md).
+pub const DEFAULT_CALIBRATE: &str = "percentile";
+
 impl Default for QuantizeOptions {
     fn default() -> Self {
         QuantizeOptions {
@@ -43,7 +61,11 @@ impl Default for QuantizeOptions {
             group: None,
             method: "rtn".into(),
             symmetric: true,
-            weights_only: true,
+            weights_only: None,
+            activations: "auto".into(),
+            calibrate: DEFAULT_CALIBRATE.into(),
+            percentile: 99.99,
+            act_symmetric: false,
             damp: 0.01,
             format: "qdq".into(),
             min_elements: 1024,
@@ -81,6 +103,29 @@ pub enum Format {
     MatMulNBits,
 }
 
+/// When activations are quantized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActMode {
+    /// Static when calibration samples are given, dynamic otherwise.
+    Auto,
+    /// QuantizeLinear → DequantizeLinear with calibrated scale and zero point.
+    Static,
+    /// DynamicQuantizeLinear → MatMulInteger (MatMul/Gemm), scale computed at run time.
+    Dynamic,
+}
+
+/// Activation quantization settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActConfig {
+    /// Static, dynamic or chosen by the presence of calibration samples.
+    pub mode: ActMode,
+    /// Static range rule; `None` = `calibrate=auto` (per activation, the rule whose range
+    /// gives the smallest error at the outputs of the layers reading it; see [`crate::search`]).
+    pub calibrate: Option<Calibrate>,
+    /// int8 with zero point 0 (true) or uint8 asymmetric (false).
+    pub symmetric: bool,
+}
+
 /// Validated options.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -94,6 +139,8 @@ pub struct Config {
     pub damp: f64,
     /// Smallest weight quantized.
     pub min_elements: usize,
+    /// Activation quantization; `None` = weights only.
+    pub activations: Option<ActConfig>,
 }
 
 fn opt_err(message: impl Into<String>) -> PassError {
@@ -106,12 +153,6 @@ fn opt_err(message: impl Into<String>) -> PassError {
 impl QuantizeOptions {
     /// Checks the options.
     pub fn config(&self) -> Result<Config, PassError> {
-        if !self.weights_only {
-            return Err(opt_err(
-                "weights-only=false asks for static/dynamic activation quantization, which is \
-                 not implemented yet; use weights-only=true (weight-only quantization)",
-            ));
-        }
         let bits = match self.bits {
             4 | 8 => self.bits as u32,
             b => return Err(opt_err(format!("bits must be 8 or 4, not {b}"))),
@@ -150,7 +191,9 @@ impl QuantizeOptions {
         if !(self.damp.is_finite() && self.damp >= 0.0) {
             return Err(opt_err(format!("damp must be ≥ 0, not {}", self.damp)));
         }
+        let activations = self.act_config(bits, group, format)?;
         Ok(Config {
+            activations,
             scheme: Scheme {
                 bits,
                 group,
@@ -161,6 +204,75 @@ impl QuantizeOptions {
             damp: self.damp,
             min_elements: usize::try_from(self.min_elements.max(0)).unwrap_or(0),
         })
+    }
+}
+
+impl QuantizeOptions {
+    /// Resolves `weights-only`, `activations`, `calibrate`, `percentile` and `act-symmetric`.
+    fn act_config(
+        &self,
+        bits: u32,
+        group: usize,
+        format: Format,
+    ) -> Result<Option<ActConfig>, PassError> {
+        let mode = match self.activations.as_str() {
+            "auto" => ActMode::Auto,
+            "static" => ActMode::Static,
+            "dynamic" => ActMode::Dynamic,
+            m => {
+                return Err(opt_err(format!(
+                    "activations must be auto, static or dynamic, not '{m}'"
+                )))
+            }
+        };
+        let calibrate = match self.calibrate.as_str() {
+            "auto" => None,
+            "minmax" => Some(Calibrate::MinMax),
+            "percentile" => {
+                if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+                    return Err(opt_err(format!(
+                        "percentile must be in (0, 100], not {}",
+                        self.percentile
+                    )));
+                }
+                Some(Calibrate::Percentile(self.percentile))
+            }
+            "mse" => Some(Calibrate::Mse),
+            "entropy" => Some(Calibrate::Entropy),
+            c => {
+                return Err(opt_err(format!(
+                    "calibrate must be auto, minmax, percentile, mse or entropy, not '{c}'"
+                )))
+            }
+        };
+        let int8_per_channel_qdq = bits == 8 && group == 0 && format == Format::Qdq;
+        let weights_only = match (self.weights_only, mode) {
+            (Some(true), ActMode::Static | ActMode::Dynamic) => {
+                return Err(opt_err(format!(
+                    "activations={} contradicts weights-only=true",
+                    self.activations
+                )))
+            }
+            (Some(w), _) => w,
+            (None, ActMode::Auto) => !int8_per_channel_qdq,
+            (None, _) => false,
+        };
+        if weights_only {
+            return Ok(None);
+        }
+        if !int8_per_channel_qdq {
+            return Err(opt_err(format!(
+                "activation quantization (weights-only=false) is int8 with per-channel QDQ \
+                 weights: it needs bits=8, group=0 and format=qdq (got bits={bits}, \
+                 group={group}, format={}); add weights-only=true for weight-only quantization",
+                self.format
+            )));
+        }
+        Ok(Some(ActConfig {
+            mode,
+            calibrate,
+            symmetric: self.act_symmetric,
+        }))
     }
 }
 
@@ -674,6 +786,233 @@ fn group_text(s: &Scheme) -> String {
     }
 }
 
+/// The activation mode resolved for one run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Resolved {
+    WeightsOnly,
+    Static(ActConfig),
+    Dynamic,
+}
+
+/// A value's name, or a stand-in when it has none.
+fn value_name(g: &Graph, v: ValueId, prefix: &str) -> String {
+    let n = &g.value(v).name;
+    if n.is_empty() {
+        format!("{prefix}{}", v.index())
+    } else {
+        n.clone()
+    }
+}
+
+/// A scalar constant of `dt` (u8 or i8 codes).
+fn scalar_code(dt: DType, v: i32) -> Result<Tensor, String> {
+    codes_tensor(dt, vec![], &[v])
+}
+
+/// The outputs of one shared `DynamicQuantizeLinear`: codes, scale, zero point.
+#[derive(Clone, Copy)]
+struct DynQuant {
+    codes: ValueId,
+    scale: ValueId,
+    zero: ValueId,
+}
+
+/// Inserts `DynamicQuantizeLinear(x)` (typed), named after `x`.
+fn dynamic_quantize(g: &mut Graph, x: ValueId, base: &str) -> DynQuant {
+    let n = g.add_node(
+        format!("{base}_DynamicQuantizeLinear"),
+        Op::DynamicQuantizeLinear,
+        vec![Some(x)],
+        vec![
+            format!("{base}_quantized"),
+            format!("{base}_scale"),
+            format!("{base}_zero_point"),
+        ],
+    );
+    type_node(g, n);
+    let o = g.node(n).outputs().to_vec();
+    DynQuant {
+        codes: o[0],
+        scale: o[1],
+        zero: o[2],
+    }
+}
+
+impl Quantize {
+    /// Replaces a MatMul (or a Gemm without transA) by onnxruntime's dynamic quantization
+    /// pattern: `DynamicQuantizeLinear(A) → MatMulInteger(A_q, W_q, A_zp[, W_zp]) → Cast(f32)
+    /// → Mul(A_scale · W_scale)` (then `+ beta·C` for a Gemm bias). `W_q` is stored `[K, N]`;
+    /// the Gemm's `alpha` is folded into `W_scale`; AWQ's `1/s` becomes a `Mul` on `A` before
+    /// the quantization. One `DynamicQuantizeLinear` per activation is shared through
+    /// `shared`. Returns why not when the node does not qualify (nothing changed then).
+    fn emit_dynamic(
+        &self,
+        g: &mut Graph,
+        t: &Target,
+        q: &QuantMatrix,
+        shared: &mut HashMap<ValueId, DynQuant>,
+    ) -> Result<(), String> {
+        let nd = g.node(t.node).clone();
+        let (alpha, bias) = match &nd.op {
+            Op::MatMul => (1.0f32, None),
+            Op::Gemm(a) => {
+                if a.trans_a {
+                    return Err("Gemm with transA".into());
+                }
+                (a.alpha, nd.input(2).map(|c| (c, a.beta)))
+            }
+            _ => return Err("not a MatMul or Gemm".into()),
+        };
+        if q.scheme.group != 0 || q.scheme.bits != 8 {
+            return Err("the weight is not int8 per channel".into());
+        }
+        let (Some(a), Some(&y)) = (nd.input(0), nd.outputs().first()) else {
+            return Err("missing operand".into());
+        };
+        if g.value(a).ty.dtype != Some(DType::F32) {
+            return Err("the activation is not known to be f32".into());
+        }
+        let (n, k) = (q.n, q.k);
+        let base = value_name(g, t.weight, "w");
+        let yname = value_name(g, y, "y");
+        let aq = match &q.col_scale {
+            None => match shared.get(&a) {
+                Some(d) => *d,
+                None => {
+                    let xname = value_name(g, a, "x");
+                    let d = dynamic_quantize(g, a, &xname);
+                    shared.insert(a, d);
+                    d
+                }
+            },
+            Some(cs) => {
+                let c = g.add_const(
+                    format!("{base}_awq_inv_scale"),
+                    Tensor::from_vec(vec![k], cs.clone()),
+                );
+                let scaled = g.add_simple(format!("{base}_awq_input"), Op::Mul, &[a, c]);
+                let ty = g.value(a).ty.clone();
+                g.set_type(scaled, ty);
+                dynamic_quantize(g, scaled, &format!("{base}_awq_input"))
+            }
+        };
+        // Codes [K, N] from the math layout [N, K].
+        let mut codes = vec![0i32; n * k];
+        for nn in 0..n {
+            for kk in 0..k {
+                codes[kk * n + nn] = q.codes[nn * k + kk];
+            }
+        }
+        let dt = q.scheme.dtype();
+        let wq = g.add_const(
+            format!("{base}_quantized"),
+            codes_tensor(dt, vec![k, n], &codes)?,
+        );
+        let wz = if q.scheme.symmetric {
+            None
+        } else {
+            let z: Vec<i32> = q.params.iter().map(|p| p.zero).collect();
+            Some(g.add_const(format!("{base}_zero_point"), codes_tensor(dt, vec![n], &z)?))
+        };
+        let wscale = g.add_const(
+            format!("{base}_scale"),
+            Tensor::from_vec(
+                vec![n],
+                q.params
+                    .iter()
+                    .map(|p| p.scale * alpha)
+                    .collect::<Vec<f32>>(),
+            ),
+        );
+        let mm = g.add_node(
+            format!("{yname}_MatMulInteger"),
+            Op::MatMulInteger,
+            [Some(aq.codes), Some(wq), Some(aq.zero)]
+                .into_iter()
+                .chain(wz.map(Some))
+                .collect(),
+            vec![format!("{yname}_int32")],
+        );
+        type_node(g, mm);
+        let acc = g.node(mm).outputs()[0];
+        let cast = g.add_simple(
+            format!("{yname}_int32_f32"),
+            Op::Cast(CastAttrs {
+                to: DType::F32,
+                ..Default::default()
+            }),
+            &[acc],
+        );
+        type_node_of(g, cast);
+        let scale = g.add_simple(
+            format!("{yname}_output_scale"),
+            Op::Mul,
+            &[aq.scale, wscale],
+        );
+        type_node_of(g, scale);
+        let out_name = if bias.is_some() {
+            format!("{yname}_matmul")
+        } else {
+            yname.clone()
+        };
+        let mut out = g.add_simple(out_name, Op::Mul, &[cast, scale]);
+        type_node_of(g, out);
+        if let Some((c, beta)) = bias {
+            let c = if beta == 1.0 {
+                c
+            } else {
+                let b = g.add_const(format!("{yname}_beta"), Tensor::scalar(beta));
+                let cb = g.add_simple(format!("{yname}_bias"), Op::Mul, &[c, b]);
+                type_node_of(g, cb);
+                cb
+            };
+            out = g.add_simple(yname.clone(), Op::Add, &[out, c]);
+            type_node_of(g, out);
+        }
+        let ty = g.value(y).ty.clone();
+        if ty.dtype.is_some() {
+            g.set_type(out, ty);
+        }
+        g.replace_all_uses(y, out);
+        g.remove_node(t.node);
+        g.set_name(y, format!("{yname}_replaced"));
+        g.remove_const(t.weight);
+        Ok(())
+    }
+}
+
+/// Types the node producing `v` by inference.
+fn type_node_of(g: &mut Graph, v: ValueId) {
+    if let Some(n) = g.producer(v) {
+        type_node(g, n);
+    }
+}
+
+/// Inserts the static `QuantizeLinear → DequantizeLinear` of activation `x` with `grid` and
+/// returns the dequantized value.
+fn emit_act_qdq(g: &mut Graph, x: ValueId, grid: &ActGrid) -> Result<ValueId, String> {
+    let base = value_name(g, x, "x");
+    let dt = if grid.symmetric { DType::I8 } else { DType::U8 };
+    let scale = g.add_const(format!("{base}_scale"), Tensor::scalar(grid.scale));
+    let zero = g.add_const(format!("{base}_zero_point"), scalar_code(dt, grid.zero)?);
+    let qn = g.add_node(
+        format!("{base}_QuantizeLinear"),
+        Op::QuantizeLinear(Default::default()),
+        vec![Some(x), Some(scale), Some(zero)],
+        vec![format!("{base}_quantized")],
+    );
+    type_node(g, qn);
+    let qv = g.node(qn).outputs()[0];
+    let dn = g.add_node(
+        format!("{base}_DequantizeLinear"),
+        Op::DequantizeLinear(Default::default()),
+        vec![Some(qv), Some(scale), Some(zero)],
+        vec![format!("{base}_dequantized")],
+    );
+    type_node(g, dn);
+    Ok(g.node(dn).outputs()[0])
+}
+
 impl Pass for Quantize {
     fn name(&self) -> &str {
         NAME
@@ -681,11 +1020,24 @@ impl Pass for Quantize {
 
     fn run(&mut self, g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
         let cfg = self.cfg.clone();
-        let stats: Option<Arc<CalibStats>> = match cfg.method {
-            Method::Rtn => cx.cached::<CalibStats>(),
-            m => {
-                // XᵀX of every layer comes from running the calibration samples.
-                cx.require_samples(&format!("quantize(method={})", m.name()))?;
+        let mode = match cfg.activations {
+            None => Resolved::WeightsOnly,
+            Some(a) => match (a.mode, cx.samples().is_some()) {
+                (ActMode::Dynamic, _) | (ActMode::Auto, false) => Resolved::Dynamic,
+                (ActMode::Static | ActMode::Auto, _) => Resolved::Static(a),
+            },
+        };
+        let stats: Option<Arc<CalibStats>> = match (cfg.method, mode) {
+            (Method::Rtn, Resolved::WeightsOnly | Resolved::Dynamic) => cx.cached::<CalibStats>(),
+            (m, _) => {
+                // XᵀX of every layer (GPTQ, AWQ) and activation ranges (static) come from
+                // running the calibration samples.
+                let who = if matches!(mode, Resolved::Static(_)) {
+                    "quantize(activations=static)".to_string()
+                } else {
+                    format!("quantize(method={})", m.name())
+                };
+                cx.require_samples(&who)?;
                 Some(cx.analysis::<CalibStats>(g)?)
             }
         };
@@ -694,9 +1046,36 @@ impl Pass for Quantize {
         let order = g
             .topo_order()
             .map_err(|e| PassError::failed(NAME, e.to_string()))?;
+        // calibrate=auto: choose every activation's range before the weights change.
+        let choices = match (mode, &stats) {
+            (Resolved::Static(a), Some(st)) if a.calibrate.is_none() => {
+                let mut by_x: Vec<(ValueId, Vec<NodeId>)> = Vec::new();
+                for &n in &order {
+                    if !g.node(n).op.subgraphs().is_empty() {
+                        continue;
+                    }
+                    if let (Ok(Some(_)), Some(x)) =
+                        (target(g, n, cfg.min_elements), g.node(n).input(0))
+                    {
+                        match by_x.iter_mut().find(|(v, _)| *v == x) {
+                            Some((_, ns)) => ns.push(n),
+                            None => by_x.push((x, vec![n])),
+                        }
+                    }
+                }
+                let samples = cx.require_samples("quantize(calibrate=auto)")?;
+                let interp = cx.interpreter();
+                search::search(g, st, &samples, &by_x, a.symmetric, &interp)?
+            }
+            _ => HashMap::new(),
+        };
         let mut report = PassReport::unchanged();
         let mut quantized = 0u64;
         let mut in_subgraphs = 0usize;
+        // Static: the quantized nodes whose activation (operand 0) gets Q/DQ, in order.
+        let mut act_readers: Vec<(ValueId, NodeId)> = Vec::new();
+        let mut dyn_shared: HashMap<ValueId, DynQuant> = HashMap::new();
+        let mut dynamic_layers = 0u64;
         let pb = cx.progress_bar(order.len() as u64, "quantizing");
         for node in order {
             pb.inc(1);
@@ -721,7 +1100,8 @@ impl Pass for Quantize {
                 .map_err(|m| PassError::at_node(NAME, g, node, m))?;
             let mut detail = done.detail;
             let mut format = "qdq";
-            if cfg.format == Format::MatMulNBits && matches!(t.layout, Layout::Kn | Layout::Nk) {
+            let linear = matches!(t.layout, Layout::Kn | Layout::Nk);
+            if cfg.format == Format::MatMulNBits && linear {
                 match self.emit_nbits(g, &t, &done.q) {
                     Ok(()) => format = "matmulnbits",
                     Err(why) => {
@@ -730,9 +1110,34 @@ impl Pass for Quantize {
                             .map_err(|m| PassError::at_node(NAME, g, node, m))?;
                     }
                 }
+            } else if mode == Resolved::Dynamic && linear {
+                match self.emit_dynamic(g, &t, &done.q, &mut dyn_shared) {
+                    Ok(()) => {
+                        format = "dynamic int8 (DynamicQuantizeLinear, MatMulInteger)";
+                        dynamic_layers += 1;
+                    }
+                    Err(why) => {
+                        detail.push_str(&format!(
+                            "weights only: no dynamic activation quantization ({why}); "
+                        ));
+                        self.emit_qdq(g, &t, &done.q)
+                            .map_err(|m| PassError::at_node(NAME, g, node, m))?;
+                    }
+                }
             } else {
                 self.emit_qdq(g, &t, &done.q)
                     .map_err(|m| PassError::at_node(NAME, g, node, m))?;
+                match mode {
+                    Resolved::Static(_) => {
+                        if let Some(x) = g.node(node).input(0) {
+                            act_readers.push((x, node));
+                        }
+                    }
+                    Resolved::Dynamic => detail.push_str(
+                        "weights only: dynamic activation quantization covers MatMul/Gemm; ",
+                    ),
+                    Resolved::WeightsOnly => {}
+                }
             }
             if shared {
                 detail.push_str("the f32 weight stays for its other readers; ");
@@ -767,6 +1172,32 @@ impl Pass for Quantize {
             quantized += 1;
         }
         pb.finish_and_clear();
+        let mut activations = 0u64;
+        if let Resolved::Static(a) = mode {
+            let stats = stats.as_deref().ok_or_else(|| {
+                PassError::failed(NAME, "static quantization without calibration statistics")
+            })?;
+            activations =
+                self.quantize_activations(g, stats, &a, &act_readers, &choices, &mut report)?;
+        } else if mode == Resolved::Dynamic {
+            activations = dyn_shared.len() as u64;
+            if dynamic_layers > 0 {
+                report.note(format!(
+                    "dynamic int8: {dynamic_layers} MatMul/Gemm layers quantize their activation \
+                     at run time ({activations} shared DynamicQuantizeLinear{}); no --calib was \
+                     given, so activations are not statically quantized",
+                    if dyn_shared.len() < dynamic_layers as usize {
+                        ", plus one per AWQ-scaled input"
+                    } else {
+                        ""
+                    }
+                ));
+                report.add_stat("layers-dynamic", dynamic_layers);
+            }
+        }
+        if activations > 0 {
+            report.add_stat("activations-quantized", activations);
+        }
         if in_subgraphs > 0 {
             report.note(format!(
                 "{in_subgraphs} If/Loop/Scan nodes: weights inside their bodies are not quantized"
@@ -790,5 +1221,122 @@ impl Pass for Quantize {
             ));
         }
         Ok(report)
+    }
+}
+
+impl Quantize {
+    /// Static activation quantization: one `QuantizeLinear → DequantizeLinear` per activation
+    /// value read by a quantized node (shared by all its quantized readers), with the grid
+    /// fitted to the calibration statistics. Returns the number of activations quantized.
+    fn quantize_activations(
+        &self,
+        g: &mut Graph,
+        stats: &CalibStats,
+        a: &ActConfig,
+        readers: &[(ValueId, NodeId)],
+        choices: &HashMap<ValueId, search::Choice>,
+        report: &mut PassReport,
+    ) -> Result<u64, PassError> {
+        let mut order: Vec<ValueId> = Vec::new();
+        let mut by_value: HashMap<ValueId, Vec<NodeId>> = HashMap::new();
+        for &(x, n) in readers {
+            by_value
+                .entry(x)
+                .or_insert_with(|| {
+                    order.push(x);
+                    Vec::new()
+                })
+                .push(n);
+        }
+        let mut count = 0u64;
+        for x in order {
+            let Some(nodes) = by_value.get(&x) else {
+                continue;
+            };
+            let xname = value_name(g, x, "x");
+            if g.value(x).ty.dtype != Some(DType::F32) {
+                report.note(format!(
+                    "activation '{xname}' stays f32: it is not known to be f32"
+                ));
+                continue;
+            }
+            if matches!(
+                g.producer(x).map(|p| &g.node(p).op),
+                Some(Op::DequantizeLinear(_))
+            ) {
+                report.note(format!(
+                    "activation '{xname}' is already dequantized; left as it is"
+                ));
+                continue;
+            }
+            let Some(st) = stats.stats(x) else {
+                report.note(format!(
+                    "activation '{xname}' stays f32: the calibration saw no value for it"
+                ));
+                continue;
+            };
+            if st.nonfinite > 0 {
+                report.note(format!(
+                    "activation '{xname}': {} non-finite calibration values ignored",
+                    st.nonfinite
+                ));
+            }
+            let (rule, range, why) = match (a.calibrate, choices.get(&x)) {
+                (Some(rule), _) => (rule, select_range(st, rule, a.symmetric), String::new()),
+                (None, Some(c)) => (
+                    c.rule,
+                    Some(c.range),
+                    format!(
+                        ", auto: readers' relative output error {:.3e} (minmax {:.3e})",
+                        c.score, c.minmax_score
+                    ),
+                ),
+                (None, None) => (
+                    Calibrate::MinMax,
+                    select_range(st, Calibrate::MinMax, a.symmetric),
+                    ", auto: not searched".to_string(),
+                ),
+            };
+            let Some((lo, hi)) = range else {
+                report.note(format!(
+                    "activation '{xname}' stays f32: no finite calibration value"
+                ));
+                continue;
+            };
+            let grid = ActGrid::fit(lo, hi, a.symmetric);
+            let dq = emit_act_qdq(g, x, &grid).map_err(|m| PassError::failed(NAME, m))?;
+            for &n in nodes {
+                g.set_operand(n, 0, Some(dq));
+            }
+            let (rlo, rhi) = grid.representable();
+            report.note(format!(
+                "activation '{xname}' ({} reader{}): {} {} scale {:.4e} zero point {}, \
+                 range [{rlo:.4}, {rhi:.4}] ({}; observed [{:.4}, {:.4}]{why})",
+                nodes.len(),
+                if nodes.len() == 1 { "" } else { "s" },
+                if a.symmetric { "int8" } else { "uint8" },
+                if a.symmetric { "sym" } else { "asym" },
+                grid.scale,
+                grid.zero,
+                rule.name(),
+                st.min,
+                st.max,
+            ));
+            count += 1;
+        }
+        if count > 0 {
+            report.note(format!(
+                "static int8: {count} activations quantized ({}, {}) from {} calibration \
+                 samples",
+                a.calibrate.map_or("auto".into(), |c| c.name()),
+                if a.symmetric {
+                    "int8 symmetric"
+                } else {
+                    "uint8 asymmetric"
+                },
+                stats.num_samples
+            ));
+        }
+        Ok(count)
     }
 }

@@ -7,9 +7,17 @@
 //!   output error on the held-out test_data_set_2 than int4 g128 RTN; AWQ is reported.
 //! - ocr-cls (MobileNetV3 classifier, convolutions): int8 per-channel RTN keeps top-1
 //!   agreement and cosine ≥ 0.99; GPTQ on convolutions runs (reported).
-//! - The QDQ int8, QDQ int4 blocked and MatMulNBits exports of MiniLM run in onnxruntime and
+//! - Static int8 (`quantize(bits=8)` calibrated on test_data_set_0/1: uint8 activations,
+//!   int8 per-channel weights) on all five models, judged on held-out inputs (test_data_set_2
+//!   and flipped / rotated copies of its images): top-1 agreement 1.0 for the classifiers
+//!   (ocr-cls, orientation), cosine bounds for ocr-det, ocr-rec and MiniLM; dynamic int8
+//!   (no calibration) on MiniLM.
+//! - The QDQ int8 (weight-only and static), dynamic int8, QDQ int4 blocked and MatMulNBits
+//!   exports of MiniLM, and the static and dynamic exports of ocr-cls, run in onnxruntime and
 //!   agree with pare's interpreter on the quantized graph within 1e-3 of each output's scale
-//!   (`scripts/ort_check.py`; skipped with a note when python3 + onnxruntime are absent).
+//!   (static activation exports: within 1e-2 / 5e-2, since a last-bit difference upstream of a
+//!   QuantizeLinear can flip a code; `scripts/ort_check.py`; skipped with a note when python3
+//!   + onnxruntime are absent).
 //!
 //! `cargo test -p pare-quantize --test models -- --nocapture` prints the numbers.
 
@@ -178,7 +186,7 @@ fn minilm_int8_rtn_and_int4_gptq_vs_rtn() {
     let dense: Vec<Vec<Tensor>> = xs.iter().map(|x| run(&m.graph, x)).collect();
 
     // int8 per-channel RTN on every fixture.
-    let (g8, r8) = quantize(&m, "quantize(bits=8)", &[]);
+    let (g8, r8) = quantize(&m, "quantize(bits=8,weights-only=true)", &[]);
     assert_eq!(stat(&r8, "layers-quantized"), 18, "{:?}", r8.steps[0].notes);
     let f8 = fidelity(&dense, &xs.iter().map(|x| run(&g8, x)).collect::<Vec<_>>());
     summary("int8 per-channel rtn (all sets)", &r8, f8);
@@ -218,7 +226,11 @@ fn ocr_cls_int8_rtn_keeps_top1() {
     let xs: Vec<Vec<Tensor>> = m.sets.iter().map(|d| inputs(&m.graph, d)).collect();
     let dense: Vec<Vec<Tensor>> = xs.iter().map(|x| run(&m.graph, x)).collect();
     // The model's weights are small; quantize everything above 256 elements.
-    let (g8, r8) = quantize(&m, "quantize(bits=8,min-elements=256)", &[]);
+    let (g8, r8) = quantize(
+        &m,
+        "quantize(bits=8,weights-only=true,min-elements=256)",
+        &[],
+    );
     assert!(
         stat(&r8, "layers-quantized") >= 20,
         "{:?}",
@@ -233,7 +245,7 @@ fn ocr_cls_int8_rtn_keeps_top1() {
     let calib = [m.sets[0].as_path(), m.sets[1].as_path()];
     let held = std::slice::from_ref(&dense[2]);
     for (method, c) in [("rtn", &[][..]), ("gptq", &calib[..])] {
-        let p = format!("quantize(bits=8,min-elements=256,method={method})");
+        let p = format!("quantize(bits=8,weights-only=true,min-elements=256,method={method})");
         let (g, r) = quantize(&m, &p, c);
         let f = fidelity(held, &[run(&g, &xs[2])]);
         summary(&format!("int8 {method} (held-out set 2)"), &r, f);
@@ -274,7 +286,9 @@ fn minilm_exports_run_in_onnxruntime() {
     let mut args = Vec::new();
     let calib = [m.sets[0].as_path(), m.sets[1].as_path()];
     for (tag, pipeline, c) in [
-        ("qdq-int8", "quantize(bits=8)", &[][..]),
+        ("qdq-int8-static", "quantize(bits=8)", &calib[..]),
+        ("qdq-int8", "quantize(bits=8,weights-only=true)", &[][..]),
+        ("dynamic-int8", "quantize(bits=8)", &[][..]),
         (
             "qdq-int4-g128-asym",
             "quantize(bits=4,group=128,symmetric=false)",
@@ -326,25 +340,207 @@ fn minilm_exports_run_in_onnxruntime() {
         }
         args.push(format!("{}={}", path.display(), fx.display()));
     }
-    let check = |flags: &[&str]| {
+    let check = |flags: &[&str], args: &[String]| {
         std::process::Command::new("python3")
             .arg(root().join("scripts/ort_check.py"))
             .args(flags)
-            .args(&args)
+            .args(args)
             .status()
             .expect("python3 runs")
             .success()
     };
-    // The graph as written: onnxruntime's DequantizeLinear and MatMulNBits kernels against
-    // pare's interpreter.
+    // The graph as written: onnxruntime's DequantizeLinear, MatMulInteger and MatMulNBits
+    // kernels against pare's interpreter. The static export (first) rounds activations in
+    // QuantizeLinear, where last-bit differences of the f32 ops upstream can flip a code
+    // (measured 1.1e-3 of scale), hence its own tolerance.
     assert!(
-        check(&["--opt", "disable", "--rtol", "1e-3"]),
+        check(&["--opt", "disable", "--rtol", "1e-2"], &args[..1])
+            && check(&["--opt", "disable", "--rtol", "1e-3"], &args[1..]),
         "onnxruntime disagrees with pare's interpreter on the quantized MiniLM exports"
     );
     // As deployed (all optimizations): onnxruntime fuses DequantizeLinear→MatMul into kernels
     // that also quantize the activations to int8 (dynamically), so it is only close.
     assert!(
-        check(&["--opt", "all", "--rtol", "5e-2"]),
+        check(&["--opt", "all", "--rtol", "5e-2"], &args),
         "onnxruntime with graph optimizations is far from pare's interpreter"
+    );
+}
+
+/// Held-out variants of an image batch `[N, C, H, W]`: itself and rotated by 180°; with
+/// `mirrors`, also mirrored left-right and upside down; with `quarter_turns` (square images),
+/// also rotated by 90° both ways.
+fn image_variants(x: &Tensor, mirrors: bool, quarter_turns: bool) -> Vec<Tensor> {
+    let sh = x.shape().to_vec();
+    let [n, c, h, w] = sh[..] else {
+        panic!("not an image batch: {sh:?}")
+    };
+    let v = x.to_vec::<f32>().expect("f32 image");
+    let map = |f: &dyn Fn(usize, usize) -> (usize, usize)| -> Tensor {
+        let mut out = vec![0f32; v.len()];
+        for b in 0..n * c {
+            for i in 0..h {
+                for j in 0..w {
+                    let (si, sj) = f(i, j);
+                    out[(b * h + i) * w + j] = v[(b * h + si) * w + sj];
+                }
+            }
+        }
+        Tensor::from_vec(sh.clone(), out)
+    };
+    let mut out = vec![x.clone(), map(&|i, j| (h - 1 - i, w - 1 - j))];
+    if mirrors {
+        out.push(map(&|i, j| (i, w - 1 - j)));
+        out.push(map(&|i, j| (h - 1 - i, j)));
+    }
+    if quarter_turns && h == w {
+        out.push(map(&|i, j| (j, w - 1 - i)));
+        out.push(map(&|i, j| (h - 1 - j, i)));
+    }
+    out
+}
+
+/// Static int8 activations + int8 per-channel weights (`quantize(bits=8)` with calibration
+/// on test_data_set_0/1: the default `calibrate=percentile`, and `calibrate=auto` on ocr-rec),
+/// judged on held-out inputs in pare's interpreter.
+/// The bounds are the measured values with a margin (see docs/passes.md for the numbers).
+#[test]
+fn static_int8_on_real_models() {
+    // (model, pipeline, min cosine, mean cosine) bounds over the held-out inputs; classifiers
+    // must keep every prediction.
+    let cases: [(&str, &str, f64, f64); 6] = [
+        ("ocr-cls", "quantize(bits=8)", 0.995, 0.998),
+        ("orientation", "quantize(bits=8)", 0.99, 0.995),
+        ("ocr-det", "quantize(bits=8)", 0.99, 0.995),
+        ("ocr-rec", "quantize(bits=8)", 0.98, 0.99),
+        ("ocr-rec", "quantize(bits=8,calibrate=auto)", 0.99, 0.994),
+        ("minilm", "quantize(bits=8)", 0.99, 0.99),
+    ];
+    for (name, pipeline, min_bound, mean_bound) in cases {
+        let Some(m) = load(name) else { continue };
+        let held: Vec<Vec<Tensor>> = if name == "minilm" {
+            vec![inputs(&m.graph, &m.sets[2])]
+        } else {
+            // Classifiers: only orientations they are trained on (ocr-cls 0/180°,
+            // orientation 0/90/180/270°); the others also get mirrored copies.
+            let classifier = matches!(name, "ocr-cls" | "orientation");
+            image_variants(&inputs(&m.graph, &m.sets[2])[0], !classifier, true)
+                .into_iter()
+                .map(|t| vec![t])
+                .collect()
+        };
+        let dense: Vec<Vec<Tensor>> = held.iter().map(|x| run(&m.graph, x)).collect();
+        let calib = [m.sets[0].as_path(), m.sets[1].as_path()];
+        let (g, r) = quantize(&m, pipeline, &calib);
+        assert!(
+            stat(&r, "activations-quantized") >= 10,
+            "{name}: {:?}",
+            r.steps[0].notes
+        );
+        let outs: Vec<Vec<Tensor>> = held.iter().map(|x| run(&g, x)).collect();
+        let per: Vec<Fid> = dense
+            .iter()
+            .zip(&outs)
+            .map(|(d, q)| fidelity(std::slice::from_ref(d), std::slice::from_ref(q)))
+            .collect();
+        let all = fidelity(&dense, &outs);
+        let mean = per.iter().map(|f| f.cos_min).sum::<f64>() / per.len() as f64;
+        summary(
+            &format!("{name} {pipeline} ({} held-out)", held.len()),
+            &r,
+            all,
+        );
+        eprintln!(
+            "    activations quantized {}, cosine mean {mean:.5}",
+            stat(&r, "activations-quantized")
+        );
+        if let Some(t) = all.top1 {
+            assert_eq!(t, 1.0, "{name}: static int8 changed a prediction");
+        }
+        assert!(
+            all.cos_min >= min_bound,
+            "{name}: cosine min {}",
+            all.cos_min
+        );
+        assert!(mean >= mean_bound, "{name}: cosine mean {mean}");
+    }
+}
+
+/// Dynamic int8 (no calibration): MiniLM's 18 linear layers become MatMulInteger with 12
+/// shared DynamicQuantizeLinear; cosine ≥ 0.99 on every fixture.
+#[test]
+fn minilm_dynamic_int8() {
+    let Some(m) = load("minilm") else { return };
+    let xs: Vec<Vec<Tensor>> = m.sets.iter().map(|d| inputs(&m.graph, d)).collect();
+    let dense: Vec<Vec<Tensor>> = xs.iter().map(|x| run(&m.graph, x)).collect();
+    let (g, r) = quantize(&m, "quantize(bits=8)", &[]);
+    assert_eq!(stat(&r, "layers-dynamic"), 18, "{:?}", r.steps[0].notes);
+    assert_eq!(stat(&r, "activations-quantized"), 12);
+    let f = fidelity(&dense, &xs.iter().map(|x| run(&g, x)).collect::<Vec<_>>());
+    summary("minilm dynamic int8 (all sets)", &r, f);
+    assert!(f.cos_min >= 0.99, "dynamic int8 cosine {}", f.cos_min);
+}
+
+/// Static (QDQ on activations and weights) and dynamic (MatMulInteger) exports of ocr-cls, a
+/// convolutional classifier, run in onnxruntime and match pare's interpreter.
+#[test]
+fn ocr_cls_static_and_dynamic_exports_run_in_onnxruntime() {
+    let Some(m) = load("ocr-cls") else { return };
+    if python_with_ort().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let calib = [m.sets[0].as_path(), m.sets[1].as_path()];
+    let mut args = Vec::new();
+    for (tag, pipeline, c) in [
+        ("static", "quantize(bits=8,min-elements=256)", &calib[..]),
+        (
+            "static-sym",
+            "quantize(bits=8,min-elements=256,act-symmetric=true,calibrate=percentile)",
+            &calib[..],
+        ),
+        ("dynamic", "quantize(bits=8,min-elements=256)", &[][..]),
+    ] {
+        let (g, _) = quantize(&m, pipeline, c);
+        let path = dir.path().join(format!("{tag}.onnx"));
+        pare_onnx::save_model(&g, &path, &Default::default()).expect("export");
+        let back = pare_onnx::load_model(&path, &Default::default())
+            .unwrap_or_else(|e| panic!("{tag}: {e}"));
+        let fx = dir.path().join(tag);
+        for (i, d) in m.sets.iter().enumerate() {
+            let x = inputs(&g, d);
+            let y = run(&back.graph, &x);
+            let sd = fx.join(format!("test_data_set_{i}"));
+            std::fs::create_dir_all(&sd).expect("mkdir");
+            for (k, t) in x.iter().enumerate() {
+                pare_onnx::write_tensor_pb(&sd.join(format!("input_{k}.pb")), "", t).expect("pb");
+            }
+            for (k, t) in y.iter().enumerate() {
+                pare_onnx::write_tensor_pb(&sd.join(format!("output_{k}.pb")), "", t).expect("pb");
+            }
+        }
+        args.push(format!("{}={}", path.display(), fx.display()));
+    }
+    let check = |rtol: &str, args: &[String]| {
+        std::process::Command::new("python3")
+            .arg(root().join("scripts/ort_check.py"))
+            .args(["--opt", "disable", "--rtol", rtol])
+            .args(args)
+            .status()
+            .expect("python3 runs")
+            .success()
+    };
+    // Dynamic: integer accumulation, exact up to the final f32 rescale.
+    assert!(
+        check("1e-3", &args[2..]),
+        "onnxruntime disagrees with pare's interpreter on ocr-cls dynamic int8"
+    );
+    // Static: every QuantizeLinear rounds, so a last-bit difference between onnxruntime's and
+    // pare's f32 convolutions occasionally lands a value on the other side of a rounding
+    // boundary; through 27 quantized activations and the squeeze-excitation products such
+    // one-code flips grow to a few percent of the output (measured up to 2.7e-2 for the
+    // default percentile ranges; a wrong scale or zero point would be off by O(1)).
+    assert!(
+        check("5e-2", &args[..2]),
+        "onnxruntime disagrees with pare's interpreter on ocr-cls static int8"
     );
 }
