@@ -28,6 +28,8 @@ pub fn register(reg: &mut Registry) {
     pare_fuse::register(reg);
     pare_quantize::register(reg);
     pare_lowrank::register(reg);
+    pare_prune::register(reg);
+    pare_slice::register(reg);
     reg.register_default::<Calibrate>(
         "calibrate",
         "run the calibration samples (--calib) and keep ranges, histograms and XᵀX for later passes",

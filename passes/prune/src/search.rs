@@ -1,0 +1,191 @@
+//! Allocation search: how many units each group loses, under a global parameter budget,
+//! chosen by an evolutionary search scored end to end (EvoPress, Sieberling et al. 2024).
+//!
+//! A candidate is a vector `k` of removed-unit counts, one per group, with
+//! `Σ kᵢ·pᵢ ≥ budget` (`pᵢ`: parameters per unit of group `i`). The search starts from the
+//! uniform allocation (the same fraction of every group), and each generation makes
+//! `offspring` mutants of the best candidate so far: a mutation moves about a tenth of a
+//! group's units from one group to another (taking units from group `j` only as far as the
+//! budget allows), one to three times. Every mutant is scored by the fitness function —
+//! the relative output error of the pruned model against the dense one on calibration
+//! samples, not a sum of per-layer errors — and the best of parent and offspring survives.
+
+/// Search settings.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Generations.
+    pub generations: usize,
+    /// Mutants per generation.
+    pub offspring: usize,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// The result of a search.
+#[derive(Clone, Debug)]
+pub struct Found {
+    /// Removed units per group.
+    pub removed: Vec<usize>,
+    /// Its fitness.
+    pub fitness: f64,
+    /// The uniform allocation's fitness.
+    pub uniform_fitness: f64,
+    /// Candidates scored.
+    pub evaluations: usize,
+}
+
+fn removed_params(k: &[usize], per_unit: &[f64]) -> f64 {
+    k.iter().zip(per_unit).map(|(&k, &p)| k as f64 * p).sum()
+}
+
+/// One mutation of `k` in place: move units from one group to another.
+fn mutate(
+    k: &mut [usize],
+    caps: &[usize],
+    units: &[usize],
+    per_unit: &[f64],
+    budget: f64,
+    rng: &mut Rng,
+) {
+    let n = k.len();
+    if n < 2 {
+        return;
+    }
+    let i = rng.below(n);
+    let mut j = rng.below(n - 1);
+    if j >= i {
+        j += 1;
+    }
+    let step = (units[i] / 10).max(1);
+    let up = step.min(caps[i] - k[i].min(caps[i]));
+    if up == 0 {
+        return;
+    }
+    k[i] += up;
+    // Give back as much as the budget allows from group j.
+    let slack = removed_params(k, per_unit) - budget;
+    if per_unit[j] > 0.0 && slack > 0.0 {
+        let down = ((slack / per_unit[j]).floor() as usize).min(k[j]);
+        k[j] -= down;
+    }
+}
+
+/// What may be removed: per group its units, the most that may go, and the budget cost of
+/// one unit; the total cost removed must stay at least `budget`.
+#[derive(Clone, Debug)]
+pub struct Space {
+    /// Units per group.
+    pub units: Vec<usize>,
+    /// Most units removable per group.
+    pub caps: Vec<usize>,
+    /// Budget cost (parameters or FLOPs) of one unit per group.
+    pub per_unit: Vec<f64>,
+    /// Least total cost to remove.
+    pub budget: f64,
+}
+
+/// Searches removed-unit counts in `space`, starting from `start`, minimizing `fitness`.
+pub fn evolve<E>(
+    start: Vec<usize>,
+    space: &Space,
+    settings: Settings,
+    fitness: &mut dyn FnMut(&[usize]) -> Result<f64, E>,
+    progress: &mut dyn FnMut(),
+) -> Result<Found, E> {
+    let (caps, units, per_unit, budget) =
+        (&space.caps, &space.units, &space.per_unit, space.budget);
+    let mut rng = Rng(settings.seed | 1);
+    let mut best = start;
+    let mut best_fit = fitness(&best)?;
+    let uniform_fitness = best_fit;
+    let mut evaluations = 1;
+    for _ in 0..settings.generations {
+        progress();
+        let mut gen_best: Option<(Vec<usize>, f64)> = None;
+        for _ in 0..settings.offspring {
+            let mut k = best.clone();
+            for _ in 0..1 + rng.below(3) {
+                mutate(&mut k, caps, units, per_unit, budget, &mut rng);
+            }
+            if k == best || removed_params(&k, per_unit) < budget {
+                continue;
+            }
+            let f = fitness(&k)?;
+            evaluations += 1;
+            if gen_best.as_ref().is_none_or(|(_, b)| f < *b) {
+                gen_best = Some((k, f));
+            }
+        }
+        if let Some((k, f)) = gen_best {
+            if f < best_fit {
+                best = k;
+                best_fit = f;
+            }
+        }
+    }
+    Ok(Found {
+        removed: best,
+        fitness: best_fit,
+        uniform_fitness,
+        evaluations,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a separable objective with different sensitivities, the search moves removals to
+    /// the insensitive groups and never breaks the budget.
+    #[test]
+    fn moves_budget_to_insensitive_groups() {
+        let units = vec![20, 20, 20, 20];
+        let caps = vec![18, 18, 18, 18];
+        let per_unit = vec![1.0, 1.0, 2.0, 1.0];
+        let sens = [10.0, 1.0, 1.0, 5.0];
+        let start = vec![6, 6, 6, 6];
+        let budget = removed_params(&start, &per_unit);
+        let mut fit = |k: &[usize]| -> Result<f64, ()> {
+            assert!(removed_params(k, &per_unit) >= budget);
+            Ok(k.iter().zip(&sens).map(|(&k, s)| s * (k * k) as f64).sum())
+        };
+        let space = Space {
+            units,
+            caps,
+            per_unit: per_unit.clone(),
+            budget,
+        };
+        let found = evolve(
+            start,
+            &space,
+            Settings {
+                generations: 200,
+                offspring: 4,
+                seed: 7,
+            },
+            &mut fit,
+            &mut || {},
+        )
+        .expect("search");
+        assert!(found.fitness < 0.5 * found.uniform_fitness, "{found:?}");
+        assert!(found.removed[0] < 6 && found.removed[3] < 6, "{found:?}");
+    }
+}
