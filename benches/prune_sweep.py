@@ -6,8 +6,9 @@ For each model, ratio and method, runs
 and measures against the dense model, in onnxruntime, on evaluation inputs that are not the
 calibration inputs: top-1 agreement (classifiers) and cosine similarity / relative L2 error of
 every float output; the FLOPs the pare report gives (at the evaluation shape), the ONNX file
-size, and with --latency the compiled latency (`pare compile --emit exe`, 1 thread, median of
---repeat runs, dense and pruned compiled and timed in the same run).
+size, and with --latency the compiled latency (`pare compile --emit exe`, 1 thread): dense and
+pruned executables are timed alternately three times (each a median of --repeat runs), and
+each side's median of those is reported, so that load on the machine hits both alike.
 
 Inputs come from the fixture generator (scripts/make_fixtures.py: synthetic text images) with
 seeds of their own: --calib-samples for calibration ("<model>/calib/i"), --eval-samples for
@@ -143,14 +144,26 @@ def sanitize(name):
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
-def latency(model, shape, sample_dir, names, repeat, d):
-    exe = os.path.join(d, "m.exe")
+def compile_exe(model, shape, exe):
     subprocess.run([PARE, "compile", model, "--emit", "exe", "-o", exe, "--shape", shape],
                    check=True, capture_output=True)
+    return exe
+
+
+def bench(exe, sample_dir, names, repeat):
     ins = [f"{n}={os.path.join(sample_dir, sanitize(n) + '.npy')}" for n in names]
     r = subprocess.run([exe, "--inputs", *ins, "--bench", str(repeat), "--threads", "1"],
                        check=True, capture_output=True, text=True)
     return float(re.search(r"median_ms=([0-9.]+)", r.stdout).group(1))
+
+
+def paired(dense_exe, pruned_exe, sample_dir, names, repeat, rounds=3):
+    """Dense and pruned timed alternately `rounds` times; the median of each side's medians."""
+    a, b = [], []
+    for _ in range(rounds):
+        a.append(bench(dense_exe, sample_dir, names, repeat))
+        b.append(bench(pruned_exe, sample_dir, names, repeat))
+    return float(np.median(a)), float(np.median(b))
 
 
 def svg(rows, path):
@@ -225,7 +238,7 @@ def main():
             cal_dirs = [os.path.join(d, m, f"calib_{i}") for i in range(len(cal))]
             shape = shape_arg(ev)
             ref = outputs(dense, ev)
-            base = latency(dense, shape, os.path.join(d, m, "eval_0"), list(ev[0]), a.repeat, d) if a.latency else None
+            dense_exe = compile_exe(dense, shape, os.path.join(d, "dense.exe")) if a.latency else None
             for ratio in [float(x) for x in a.ratios.split(",")]:
                 for meth in a.methods.split(","):
                     out = os.path.join(d, f"{m}_{meth}.onnx")
@@ -236,10 +249,11 @@ def main():
                            **fidelity(m, ref, outputs(out, ev)),
                            "gflops_before": info["gflops"][0], "gflops_after": info["gflops"][1],
                            "params_before": info["params"][0], "params_after": info["params"][1],
-                           "onnx_bytes_dense": onnx_bytes(dense), "onnx_bytes": onnx_bytes(out),
-                           "dense_ms": base}
+                           "onnx_bytes_dense": onnx_bytes(dense), "onnx_bytes": onnx_bytes(out)}
                     if a.latency:
-                        row["pruned_ms"] = latency(out, shape, os.path.join(d, m, "eval_0"), list(ev[0]), a.repeat, d)
+                        exe = compile_exe(out, shape, os.path.join(d, "pruned.exe"))
+                        row["dense_ms"], row["pruned_ms"] = paired(
+                            dense_exe, exe, os.path.join(d, m, "eval_0"), list(ev[0]), a.repeat)
                     rows.append(row)
                     fl = 1 - row["gflops_after"] / row["gflops_before"]
                     top1 = f"{row['top1']:.3f}" if row["top1"] is not None else "–"
@@ -269,7 +283,9 @@ def main():
                 f"Calibration: {a.calib_samples} generated inputs; evaluation: {a.eval_samples} other generated "
                 f"inputs, dense vs pruned in onnxruntime. `l1`: filter-norm ranking, no calibration; `hessian`: "
                 f"OBS deletion cost from the calibration XᵀX and a least-squares update of the consumers. "
-                f"Ratio = fraction of the units of every coupling group removed (`scope=layer`).\n\n"
+                f"Ratio = fraction of the units of every coupling group removed (`scope=layer`). "
+                f"Latency: `pare compile --emit exe`, 1 thread; dense and pruned timed alternately "
+                f"three times ({a.repeat} runs each), median of the medians.\n\n"
                 + head + "\n" + sep + "\n" + "\n".join(lines) + "\n\n")
         if a.svg:
             text += f"![fidelity vs FLOPs removed]({os.path.relpath(a.svg, os.path.join(ROOT, 'docs'))})\n\n"

@@ -274,15 +274,7 @@ impl CalibStats {
             .unwrap_or(usize::MAX)
             .min(samples.samples.len());
         for (i, s) in samples.samples.iter().take(n).enumerate() {
-            let inputs = s
-                .inputs
-                .iter()
-                .map(Value::from_tensor)
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(|m| PassError::Data {
-                    path: s.origin.clone(),
-                    message: m,
-                })?;
+            let inputs = s.values()?;
             interp.run_observed(g, inputs, &mut |v, val| st.observe(v, val))?;
             progress(i);
         }

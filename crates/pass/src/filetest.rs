@@ -412,6 +412,30 @@ pub fn collect(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Runs every file test under `dir` for a `#[test]`: prints each failure, then panics when
+/// any failed or when fewer than `min_files` tests were found (a moved directory must not
+/// pass silently).
+pub fn assert_dir(registry: &Registry, dir: &Path, min_files: usize) {
+    let (n, failures, blessed) = run_dir(registry, dir);
+    for (f, e) in &failures {
+        eprintln!("FAIL {}\n  {}\n", f.display(), e.replace('\n', "\n  "));
+    }
+    eprintln!(
+        "{n} file tests, {} failed, {blessed} blessed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {n} file tests failed",
+        failures.len()
+    );
+    assert!(
+        n >= min_files,
+        "expected at least {min_files} file tests under {}, found {n}",
+        dir.display()
+    );
+}
+
 /// Runs every file test under `dir`; returns the failures as (file, message) and the number
 /// blessed. Bless mode is on when `PARE_BLESS` is set to anything but `0`.
 pub fn run_dir(registry: &Registry, dir: &Path) -> (usize, Vec<(PathBuf, String)>, usize) {

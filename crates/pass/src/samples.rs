@@ -15,6 +15,57 @@ pub struct Sample {
     pub inputs: Vec<Tensor>,
 }
 
+impl Sample {
+    /// The inputs as interpreter values (an error names the sample's file).
+    pub fn values(&self) -> Result<Vec<pare_interp::Value>, PassError> {
+        self.inputs
+            .iter()
+            .map(pare_interp::Value::from_tensor)
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(|m| data_err(&self.origin, m))
+    }
+}
+
+/// `n` generated BERT-style token samples for a graph whose inputs are token ids and an
+/// attention mask (in that order), `[batch, seq]` each: `[CLS]` (101), random word ids in
+/// `[1000, 30522)`, `[SEP]` (102), and an all-ones mask; deterministic in `seed`. For
+/// calibrating a transformer encoder when no data ships with the model.
+pub fn token_samples(g: &Graph, n: usize, batch: usize, seq: usize, seed: u64) -> SampleSet {
+    let mut s = seed | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let samples = (0..n)
+        .map(|_| {
+            let ids: Vec<i64> = (0..batch * seq)
+                .map(|i| match i % seq {
+                    0 => 101,
+                    j if j + 1 == seq => 102,
+                    _ => 1000 + (next() % 29522) as i64,
+                })
+                .collect();
+            Sample {
+                origin: PathBuf::from("generated"),
+                inputs: vec![
+                    Tensor::from_vec(vec![batch, seq], ids),
+                    Tensor::from_vec(vec![batch, seq], vec![1i64; batch * seq]),
+                ],
+            }
+        })
+        .collect();
+    SampleSet {
+        input_names: g
+            .inputs()
+            .iter()
+            .map(|&v| g.value(v).name.clone())
+            .collect(),
+        samples,
+    }
+}
+
 /// A set of samples for one graph.
 #[derive(Clone, Debug, Default)]
 pub struct SampleSet {

@@ -9,7 +9,7 @@
 use pare_interp::Interpreter;
 use pare_ir::{Graph, Tensor};
 use pare_lowrank::{LowRank, LowRankOptions, Method};
-use pare_pass::{Pass, PassContext, Sample, SampleSet};
+use pare_pass::{Pass, PassContext, SampleSet};
 use pare_tests::{data_set_dirs, read_data_set, repo_root};
 
 fn load() -> Option<Graph> {
@@ -27,39 +27,7 @@ fn load() -> Option<Graph> {
 
 /// `n` samples of `[2, 16]` token ids and their all-ones mask.
 fn calibration(g: &Graph, n: usize) -> SampleSet {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let samples = (0..n)
-        .map(|_| {
-            let ids: Vec<i64> = (0..32)
-                .map(|i| match i % 16 {
-                    0 => 101,
-                    15 => 102,
-                    _ => 1000 + (next() % 29522) as i64,
-                })
-                .collect();
-            Sample {
-                origin: "generated".into(),
-                inputs: vec![
-                    Tensor::from_vec(vec![2, 16], ids),
-                    Tensor::from_vec(vec![2, 16], vec![1i64; 32]),
-                ],
-            }
-        })
-        .collect();
-    SampleSet {
-        input_names: g
-            .inputs()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect(),
-        samples,
-    }
+    pare_pass::samples::token_samples(g, n, 2, 16, 0x9e37_79b9_7f4a_7c15)
 }
 
 /// Relative L2 error of every float output over the held-out fixtures.

@@ -929,12 +929,7 @@ fn search_allocation(
                 .samples
                 .first()
                 .ok_or_else(|| fail("no calibration sample".into()))?;
-            let vals = first
-                .inputs
-                .iter()
-                .map(pare_interp::Value::from_tensor)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(fail)?;
+            let vals = first.values()?;
             let mut shapes = HashMap::new();
             interp
                 .run_observed(g, vals, &mut |v, val| {

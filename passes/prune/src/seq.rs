@@ -13,8 +13,8 @@ use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, Par, Side};
 use pare_analysis::{CalibStats, RowLayout};
 use pare_interp::{Interpreter, Value};
-use pare_ir::{Graph, NodeId, Op, Tensor, ValueId};
-use pare_pass::SampleSet;
+use pare_ir::{Graph, NodeId, Op, ValueId};
+use pare_pass::{Sample, SampleSet};
 use std::collections::{BTreeSet, HashMap};
 
 /// One consumer to refit.
@@ -47,13 +47,10 @@ type Observed = HashMap<ValueId, (Vec<usize>, Vec<f32>)>;
 fn observe(
     interp: &Interpreter,
     g: &Graph,
-    inputs: &[Tensor],
+    sample: &Sample,
     values: &[ValueId],
 ) -> Result<Observed, String> {
-    let vals = inputs
-        .iter()
-        .map(Value::from_tensor)
-        .collect::<Result<Vec<_>, _>>()?;
+    let vals = sample.values().map_err(|e| e.to_string())?;
     let mut seen = HashMap::new();
     interp
         .run_observed(g, vals, &mut |v, val| {
@@ -126,7 +123,7 @@ pub fn refit(
     let dense_y: Vec<Observed> = samples
         .samples
         .iter()
-        .map(|s| observe(&interp, dense, &s.inputs, &outs))
+        .map(|s| observe(&interp, dense, s, &outs))
         .collect::<Result<_, _>>()?;
 
     let mut outcome = Outcome::default();
@@ -202,7 +199,7 @@ pub fn refit(
         let mut yy = 0.0;
         let mut ok = true;
         for (si, s) in samples.samples.iter().enumerate() {
-            let seen = observe(&interp, &sub, &s.inputs, &[x])?;
+            let seen = observe(&interp, &sub, s, &[x])?;
             let (Some((xs, xd)), Some((ys, yd))) = (seen.get(&x), dense_y[si].get(&y)) else {
                 ok = false;
                 break;

@@ -18,7 +18,7 @@
 use pare_analysis::{CouplingGroups, Role, Target};
 use pare_interp::Interpreter;
 use pare_ir::{Graph, Tensor};
-use pare_pass::{Pass, PassContext, Registry, Sample, SampleSet};
+use pare_pass::{Pass, PassContext, Registry, SampleSet};
 use pare_prune::{is_heads, Kind, Prune, PruneOptions, Reconstruct, Score};
 use std::path::PathBuf;
 
@@ -208,39 +208,7 @@ fn removing_dead_heads_and_neurons_is_exact_on_minilm() {
 
 /// `n` samples of `[2, 16]` token ids (`[CLS]`, random word ids, `[SEP]`) and their mask.
 fn token_samples(g: &Graph, n: usize) -> SampleSet {
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let samples = (0..n)
-        .map(|_| {
-            let ids: Vec<i64> = (0..32)
-                .map(|i| match i % 16 {
-                    0 => 101,
-                    15 => 102,
-                    _ => 1000 + (next() % 29522) as i64,
-                })
-                .collect();
-            Sample {
-                origin: PathBuf::from("generated"),
-                inputs: vec![
-                    Tensor::from_vec(vec![2, 16], ids),
-                    Tensor::from_vec(vec![2, 16], vec![1i64; 32]),
-                ],
-            }
-        })
-        .collect();
-    SampleSet {
-        input_names: g
-            .inputs()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect(),
-        samples,
-    }
+    pare_pass::samples::token_samples(g, n, 2, 16, 0x2545_f491_4f6c_dd1d)
 }
 
 #[test]

@@ -18,7 +18,7 @@
 
 use crate::act::{select_range, ActGrid, Calibrate};
 use pare_analysis::CalibStats;
-use pare_interp::{Interpreter, Value};
+use pare_interp::Interpreter;
 use pare_ir::{DType, Graph, NodeId, Op, Shape, Tensor, TensorType, ValueId};
 use pare_pass::{PassError, SampleSet};
 use std::collections::{HashMap, HashSet};
@@ -117,15 +117,7 @@ pub fn search(
     }
     let wanted: HashSet<ValueId> = acts.keys().copied().collect();
     for s in &samples.samples {
-        let inputs = s
-            .inputs
-            .iter()
-            .map(Value::from_tensor)
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|m| PassError::Data {
-                path: s.origin.clone(),
-                message: m,
-            })?;
+        let inputs = s.values()?;
         let mut seen: Vec<(ValueId, Tensor)> = Vec::new();
         interp.run_observed(g, inputs, &mut |v, val| {
             if wanted.contains(&v) && val.dtype() == DType::F32 {

@@ -9,22 +9,5 @@ fn quantize_filetests() {
     let mut reg = pare_pass::Registry::new();
     pare_canonicalize::register(&mut reg);
     pare_quantize::register(&mut reg);
-    let (n, failures, blessed) = pare_pass::filetest::run_dir(&reg, &dir);
-    for (f, e) in &failures {
-        eprintln!("FAIL {}\n  {}\n", f.display(), e.replace('\n', "\n  "));
-    }
-    eprintln!(
-        "{n} file tests, {} failed, {blessed} blessed",
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {n} file tests failed",
-        failures.len()
-    );
-    assert!(
-        n >= 8,
-        "expected the quantize file tests under {}",
-        dir.display()
-    );
+    pare_pass::filetest::assert_dir(&reg, &dir, 13);
 }

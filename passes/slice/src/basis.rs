@@ -5,7 +5,7 @@
 use crate::structure::Norm;
 use crate::SliceError;
 use faer::{Mat, Side};
-use pare_interp::{Interpreter, Value};
+use pare_interp::Interpreter;
 use pare_ir::{Graph, ValueId};
 use pare_pass::{PassError, SampleSet};
 use std::collections::HashMap;
@@ -158,15 +158,7 @@ pub fn calibrate(
         .collect();
     let mut failure: Option<String> = None;
     for s in &samples.samples {
-        let inputs = s
-            .inputs
-            .iter()
-            .map(Value::from_tensor)
-            .collect::<Result<Vec<_>, String>>()
-            .map_err(|m| PassError::Data {
-                path: s.origin.clone(),
-                message: m,
-            })?;
+        let inputs = s.values()?;
         interp.run_observed(g, inputs, &mut |v, val| {
             if let Some(m) = acc.get_mut(&v) {
                 match val.to_f64_vec() {

@@ -11,22 +11,5 @@ fn slice_filetests() {
     pare_canonicalize::register(&mut reg);
     pare_fuse::register(&mut reg);
     pare_slice::register(&mut reg);
-    let (n, failures, blessed) = pare_pass::filetest::run_dir(&reg, &dir);
-    for (f, e) in &failures {
-        eprintln!("FAIL {}\n  {}\n", f.display(), e.replace('\n', "\n  "));
-    }
-    eprintln!(
-        "{n} file tests, {} failed, {blessed} blessed",
-        failures.len()
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {n} file tests failed",
-        failures.len()
-    );
-    assert!(
-        n >= 6,
-        "expected the slice file tests under {}",
-        dir.display()
-    );
+    pare_pass::filetest::assert_dir(&reg, &dir, 6);
 }

@@ -13,7 +13,7 @@
 
 use pare_interp::Interpreter;
 use pare_ir::{Graph, Tensor};
-use pare_pass::{run_pipeline, PassContext, Registry, Sample, SampleSet};
+use pare_pass::{run_pipeline, PassContext, Registry, SampleSet};
 use pare_slice::SliceOptions;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -52,39 +52,7 @@ fn load() -> Option<Graph> {
 
 /// `n` samples of `[2, 16]` token ids and their all-ones mask.
 fn calibration(g: &Graph, n: usize) -> SampleSet {
-    let mut s = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let samples = (0..n)
-        .map(|_| {
-            let ids: Vec<i64> = (0..32)
-                .map(|i| match i % 16 {
-                    0 => 101,
-                    15 => 102,
-                    _ => 1000 + (next() % 29522) as i64,
-                })
-                .collect();
-            Sample {
-                origin: "generated".into(),
-                inputs: vec![
-                    Tensor::from_vec(vec![2, 16], ids),
-                    Tensor::from_vec(vec![2, 16], vec![1i64; 32]),
-                ],
-            }
-        })
-        .collect();
-    SampleSet {
-        input_names: g
-            .inputs()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect(),
-        samples,
-    }
+    pare_pass::samples::token_samples(g, n, 2, 16, 0x9e37_79b9_7f4a_7c15)
 }
 
 fn fixtures(g: &Graph) -> Vec<Vec<Tensor>> {
