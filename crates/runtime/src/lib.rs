@@ -7,6 +7,12 @@
 //! API and a C ABI ([`ffi`], declared in `include/pare_runtime.h`, exercised from C by
 //! `tests/c_header.rs`).
 //!
+//! ## Quantized GEMM
+//!
+//! [`qgemm()`] multiplies u8 activations (dynamically quantized per row by
+//! [`quantize_rows_u8`]) by i8 weights (pre-packed with [`pack_qb`]) into exact i32 sums,
+//! dequantized with bias and activation in an f32 epilogue. Design, exactness argument and layouts in the [`qgemm`](mod@qgemm) module doc.
+//!
 //! ## SGEMM
 //!
 //! `C = act(alpha * op(A) * op(B) + beta * C + bias + residual)`, row-major, f32
@@ -73,8 +79,13 @@ pub mod loader;
 pub mod npy;
 pub mod ops;
 mod pool;
+pub mod qgemm;
 
 pub use error::GemmError;
 pub use gemm::epilogue::{Activation, Bias, Epilogue, Residual};
 pub use gemm::pack::{PackedB, PackedBRef};
 pub use gemm::{pack_b, sgemm, sgemm_fused, sgemm_packed, BOperand, Gemm, Isa};
+pub use qgemm::{
+    pack_qb, pack_qb_f32, qgemm, qgemm_i32, quantize_rows_u8, quantize_weights_per_column,
+    PackedQB, PackedQBRef, QGemm, QbFormat, QGEMM_MAX_K,
+};

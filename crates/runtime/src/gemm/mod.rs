@@ -29,7 +29,7 @@ pub(crate) const NC: usize = 4080;
 /// With the pool's spinning workers a hand-off costs a few microseconds; when workers slept
 /// between jobs it cost tens, and the bound was 8 MFLOP (which left the 12.8 MFLOP pointwise
 /// convolutions of a mobile CNN on one thread).
-const MIN_FLOPS_PER_THREAD: usize = 1_000_000;
+pub(crate) const MIN_FLOPS_PER_THREAD: usize = 1_000_000;
 /// At or below this many output columns (per thread) A is read in place, not packed: each
 /// element of A is then used by at most this many columns, so the copy would cost about as much
 /// as it saves.

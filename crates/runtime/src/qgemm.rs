@@ -1,0 +1,1099 @@
+//! Integer GEMM for dynamically quantized activations and int8 weights:
+//! `u8 (activations) x i8 (weights) -> i32`, dequantized in an f32 epilogue.
+//!
+//! ## The arithmetic
+//!
+//! A (`m x k`, f32) is quantized per row, asymmetric uint8, the way onnxruntime's
+//! `DynamicQuantizeLinear` quantizes a tensor but with one `(scale, zero)` per row
+//! ([`quantize_rows_u8`]): `a ≈ sa[i] * (qa - za[i])`. Per-tensor quantization is the special
+//! case of equal entries, so callers that need it pass the same pair for every row. The weight B
+//! (`k x n`) is int8 symmetric per output column: `b ≈ sw[j] * qb` (zero point 0). Then
+//!
+//! ```text
+//! C[i,j] = act( sa[i]·sw[j]·( Σ_p qa[i,p]·qb[p,j]  −  za[i]·Σ_p qb[p,j] ) + bias[j] )
+//! ```
+//!
+//! The column sums `Σ_p qb[p,j]` are computed once when B is packed ([`PackedQB`]). The integer
+//! part is exact: the kernels accumulate in wrapping i32 arithmetic and the true value of
+//! `Σ (qa − za)·qb` is bounded by `k·255·128`, which fits in an i32 for `k <=` [`QGEMM_MAX_K`]
+//! (checked), so the wrapped result is the exact one. [`qgemm_i32`] returns that integer
+//! matrix; [`qgemm`] the dequantized f32 one.
+//!
+//! ## Kernels and exactness (two B formats)
+//!
+//! The AVX2 micro-kernel is a 6x16 tile with 12 ymm i32 accumulators, the same register
+//! blocking as the f32 SGEMM. Every k-step it loads 64 bytes of packed B (16 columns x 4 bytes),
+//! broadcasts 4 bytes of packed A per row and multiply-adds them into the accumulators. What the
+//! 4 bytes hold depends on the packed B's [`QbFormat`]:
+//!
+//! * [`QbFormat::I8Quads`] — 4 consecutive k of u8 activations against 4 k of i8 weights:
+//!   `vpmaddubsw` (u8 x s8 -> pairs summed to i16, *saturating*) then `vpmaddwd` with ones
+//!   (-> i32). A pair sum is at most `2·255·|qb|`, which fits in i16 iff `|qb| <= 64`, so this
+//!   format is only chosen when every weight code is in `[-64, 64]` ("7-bit" weights, what
+//!   onnxruntime's `reduce_range` produces). Exact under that restriction. 32 MACs per 3 uops,
+//!   two of them on the multiply ports: 2x the f32 FMA rate.
+//! * [`QbFormat::I16Pairs`] — the general case, any i8 weights (including -128) against any u8
+//!   activations: A and B are widened to i16 at pack time, 2 consecutive k per 4 bytes, and one
+//!   `vpmaddwd` (i16 x i16, pairs summed to i32, which cannot overflow for these ranges) does 16
+//!   MACs. Always exact; about 1.5x the f32 FMA rate (the extra `vpaddd` per 16 MACs competes
+//!   for the vector ports) and twice the B bytes of the quad format.
+//!
+//! [`pack_qb`] picks `I8Quads` when the codes allow and `I16Pairs` otherwise, so results never
+//! depend on saturation. The portable kernel (no AVX2, or forced with [`Isa::Generic`]) runs the
+//! same packed layouts in plain Rust with exact i32 arithmetic; edge tiles of the AVX2 path use
+//! the same vector kernel on zero-padded panels with masked (copied) stores.
+//!
+//! ## Blocking and threads
+//!
+//! There is no blocking over k: the i32 accumulators stay in registers for the whole k range
+//! and the epilogue runs once, so no i32 partial sums go through memory. A is packed in blocks of
+//! up to ~256 KiB of rows (L2); for every 16-column B micro-panel (`k/4·64` or `k/2·64` bytes,
+//! in L1 for k up to ~512/256 and streamed from L2 with prefetch beyond that) the 6-row tiles of
+//! the A block run over it. Threads split C in whole tiles along M when there are enough row
+//! tiles (B is pre-packed, so that duplicates nothing) and along N otherwise, on the runtime's
+//! pool, like the f32 SGEMM; a thread gets at least `2·MIN_FLOPS_PER_THREAD` integer ops (the
+//! integer kernel is about twice as fast, so that is the same ~10 us of work).
+//!
+//! ## Epilogue
+//!
+//! Per-column bias and any [`Activation`] (Identity, Relu and Clamp in registers; the others as
+//! a vectorized pass over the just-stored tile, like the f32 kernel). No `beta`/residual yet.
+
+mod avx2;
+
+use std::ops::Range;
+
+use crate::{Activation, GemmError, Isa};
+
+/// Rows of the micro-tile.
+pub(crate) const QMR: usize = 6;
+/// Columns of the micro-tile (two ymm of i32).
+pub(crate) const QNR: usize = 16;
+/// Largest `k` for which the i32 result `Σ (qa − za)·qb` (at most `k·255·128` in magnitude) is
+/// representable: `i32::MAX / (255·128)`.
+pub const QGEMM_MAX_K: usize = (i32::MAX as usize) / (255 * 128);
+/// Target bytes of one packed A block (kept in L2 while the B micro-panels pass over it).
+const A_BLOCK_BYTES: usize = 256 * 1024;
+/// Most rows in one packed A block.
+const MC_MAX: usize = 240;
+
+/// How a [`PackedQB`] stores the weight codes; see the module doc for the exactness argument.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QbFormat {
+    /// 4 consecutive k per 32-bit word, as i8 (`vpmaddubsw` path). Requires every code in
+    /// `[-64, 64]`.
+    I8Quads,
+    /// 2 consecutive k per 32-bit word, as i16 (`vpmaddwd` path). Any i8 codes.
+    I16Pairs,
+}
+
+impl QbFormat {
+    /// Values of k per 32-bit word.
+    pub fn k_per_word(self) -> usize {
+        match self {
+            QbFormat::I8Quads => 4,
+            QbFormat::I16Pairs => 2,
+        }
+    }
+
+    /// Number of k-steps (32-bit words per row or column) for a given `k`.
+    pub fn steps(self, k: usize) -> usize {
+        k.div_ceil(self.k_per_word())
+    }
+}
+
+/// A `Vec<u32>` whose visible part starts on a 64-byte boundary.
+#[derive(Clone, Default)]
+struct Words {
+    buf: Vec<u32>,
+    off: usize,
+    len: usize,
+}
+
+impl Words {
+    fn zeros(len: usize) -> Words {
+        let buf = vec![0u32; len + 16];
+        let addr = buf.as_ptr() as usize;
+        let off = (64 - addr % 64) % 64 / 4;
+        Words { buf, off, len }
+    }
+    fn as_slice(&self) -> &[u32] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    fn as_mut_slice(&mut self) -> &mut [u32] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// Dynamic per-row asymmetric uint8 quantization of the `m x k` matrix `a` (element `(i, p)` at
+/// `a[i*lda + p]`) into `out` (`m x k`, dense, row stride `k`), with `scale[i]` and `zero[i]`
+/// per row, following ONNX `DynamicQuantizeLinear` for each row:
+///
+/// * `lo = min(0, min_p a[i,p])`, `hi = max(0, max_p a[i,p])` (the range always contains 0, so
+///   0 is represented exactly);
+/// * `scale = (hi − lo) / 255`; `zero = round_half_even(clamp(−lo / scale, 0, 255))`;
+/// * `q = clamp(round_half_even(a / scale) + zero, 0, 255)`.
+///
+/// A row whose range is empty (all zeros, or so tiny that `scale` underflows to 0) gets
+/// `scale = 1, zero = 0` and all-zero codes. Rows with NaN or infinities get memory-safe but
+/// meaningless codes; feed finite data.
+#[allow(clippy::too_many_arguments)] // a matrix, its shape, and three outputs
+pub fn quantize_rows_u8(
+    a: &[f32],
+    m: usize,
+    k: usize,
+    lda: usize,
+    out: &mut [u8],
+    scale: &mut [f32],
+    zero: &mut [u8],
+) -> Result<(), GemmError> {
+    let need = crate::gemm::stored_need("a", m, k, lda)?;
+    if a.len() < need {
+        return Err(GemmError::BufferTooSmall {
+            operand: "a",
+            len: a.len(),
+            need,
+        });
+    }
+    let out_need = m.checked_mul(k).ok_or(GemmError::Overflow)?;
+    for (operand, len, need) in [
+        ("a_u8", out.len(), out_need),
+        ("a_scale", scale.len(), m),
+        ("a_zero", zero.len(), m),
+    ] {
+        if len < need {
+            return Err(GemmError::BufferTooSmall { operand, len, need });
+        }
+    }
+    if k == 0 {
+        scale[..m].fill(1.0);
+        zero[..m].fill(0);
+        return Ok(());
+    }
+    let avx2 = Isa::detect() == Isa::Avx2Fma;
+    for i in 0..m {
+        let row = &a[i * lda..i * lda + k];
+        let dst = &mut out[i * k..(i + 1) * k];
+        #[cfg(target_arch = "x86_64")]
+        let (s, z) = if avx2 {
+            // SAFETY: AVX2 and FMA were detected at run time just above.
+            unsafe { quantize_row_avx2(row, dst) }
+        } else {
+            quantize_row(row, dst)
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (s, z) = {
+            let _ = avx2;
+            quantize_row(row, dst)
+        };
+        scale[i] = s;
+        zero[i] = z;
+    }
+    Ok(())
+}
+
+/// One row of [`quantize_rows_u8`]; returns `(scale, zero)`. Written so that LLVM vectorizes
+/// it for the baseline ISA (lane-wise min/max, a division, round-half-even by the 1.5·2^23
+/// trick, an i32 convert); [`quantize_row_avx2`] is the AVX2 version.
+fn quantize_row(row: &[f32], out: &mut [u8]) -> (f32, u8) {
+    let mut lo = [0.0f32; 8];
+    let mut hi = [0.0f32; 8];
+    let chunks = row.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for t in 0..8 {
+            lo[t] = if c[t] < lo[t] { c[t] } else { lo[t] };
+            hi[t] = if c[t] > hi[t] { c[t] } else { hi[t] };
+        }
+    }
+    for &x in rest {
+        lo[0] = if x < lo[0] { x } else { lo[0] };
+        hi[0] = if x > hi[0] { x } else { hi[0] };
+    }
+    let lo = lo.iter().fold(0.0f32, |m, &x| m.min(x));
+    let hi = hi.iter().fold(0.0f32, |m, &x| m.max(x));
+    let scale = (hi - lo) / 255.0;
+    if !scale.is_finite() || scale <= 0.0 {
+        out.fill(0);
+        return (1.0, 0);
+    }
+    let zf = (-lo / scale).clamp(0.0, 255.0).round_ties_even();
+    quantize_tail(row, out, scale, zf);
+    (scale, zf as u8)
+}
+
+/// [`quantize_row`] with AVX2 intrinsics: 8-wide min/max, division, round-half-even
+/// (`vroundps`, nearest) and saturation; the same results bit for bit.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `out.len() == row.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(row: &[f32], out: &mut [u8]) -> (f32, u8) {
+    use std::arch::x86_64::*;
+    let n = row.len().min(out.len());
+    let body = n / 8 * 8;
+    // SAFETY: every load reads row[p..p+8] with p + 8 <= body <= row.len(); stores go to a
+    // local array. `minps`/`maxps` return the second operand when one is NaN, so NaNs are
+    // ignored by the range and become 0 in the saturation, as in the scalar code.
+    unsafe {
+        let zero = _mm256_setzero_ps();
+        let (mut lo, mut hi) = (zero, zero);
+        let mut p = 0;
+        while p < body {
+            let x = _mm256_loadu_ps(row.as_ptr().add(p));
+            lo = _mm256_min_ps(x, lo);
+            hi = _mm256_max_ps(x, hi);
+            p += 8;
+        }
+        let (mut l8, mut h8) = ([0.0f32; 8], [0.0f32; 8]);
+        _mm256_storeu_ps(l8.as_mut_ptr(), lo);
+        _mm256_storeu_ps(h8.as_mut_ptr(), hi);
+        let mut lo = l8.iter().fold(0.0f32, |m, &x| m.min(x));
+        let mut hi = h8.iter().fold(0.0f32, |m, &x| m.max(x));
+        for &x in &row[body..n] {
+            lo = if x < lo { x } else { lo };
+            hi = if x > hi { x } else { hi };
+        }
+        let scale = (hi - lo) / 255.0;
+        if !scale.is_finite() || scale <= 0.0 {
+            out.fill(0);
+            return (1.0, 0);
+        }
+        let zf = (-lo / scale).clamp(0.0, 255.0).round_ties_even();
+        let (vs, vz, vmax) = (
+            _mm256_set1_ps(scale),
+            _mm256_set1_ps(zf),
+            _mm256_set1_ps(255.0),
+        );
+        let mut p = 0;
+        while p < body {
+            let x = _mm256_loadu_ps(row.as_ptr().add(p));
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_div_ps(x, vs),
+            );
+            let v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, vz), zero), vmax);
+            // 8 i32 in [0, 255] -> 8 bytes: the packs work per 128-bit lane, so bytes 0..4
+            // end up in the low lane's first dword and bytes 4..8 in the high lane's.
+            let w = _mm256_cvtps_epi32(v);
+            let b = _mm256_packus_epi16(_mm256_packus_epi32(w, w), w);
+            let lo4 = _mm_cvtsi128_si32(_mm256_castsi256_si128(b)) as u32 as u64;
+            let hi4 = _mm_cvtsi128_si32(_mm256_extracti128_si256::<1>(b)) as u32 as u64;
+            out[p..p + 8].copy_from_slice(&(lo4 | hi4 << 32).to_le_bytes());
+            p += 8;
+        }
+        let mut tail = [0u8; 8];
+        quantize_tail(&row[body..n], &mut tail, scale, zf);
+        out[body..n].copy_from_slice(&tail[..n - body]);
+        (scale, zf as u8)
+    }
+}
+
+/// The element loop of [`quantize_row`] for a given scale and zero point.
+#[inline(always)]
+fn quantize_tail(row: &[f32], out: &mut [u8], scale: f32, zf: f32) {
+    // Adding and subtracting 1.5·2^23 rounds to the nearest integer, ties to even (the default
+    // FP rounding mode, which Rust assumes), exactly for |t| <= 2^22; values beyond ±512 clamp to
+    // 0 or 255 anyway, so clamping `t` first changes nothing.
+    const MAGIC: f32 = 12_582_912.0;
+    for (q, &x) in out.iter_mut().zip(row) {
+        let t = (x / scale).clamp(-512.0, 512.0);
+        let r = (t + MAGIC) - MAGIC;
+        // NaN fails both comparisons and ends up as 0.
+        let v = r + zf;
+        let v = if v > 0.0 { v } else { 0.0 };
+        let v = if v < 255.0 { v } else { 255.0 };
+        *q = v as i32 as u8;
+    }
+}
+
+/// Symmetric per-column int8 quantization of the `k x n` weight `op(B)` (`b[p*ldb + j]`, or
+/// `b[j*ldb + p]` when `trans_b`): `scale[j] = max_p |b[p,j]| / qmax` and
+/// `code = clamp(round_half_even(b / scale), -qmax, qmax)`, with `qmax = 127`, or `64` when
+/// `reduce_range` (which makes [`pack_qb`] choose the faster [`QbFormat::I8Quads`]). An
+/// all-zero column gets scale 1. Returns the codes (`k x n`, row-major, dense) and the scales.
+pub fn quantize_weights_per_column(
+    k: usize,
+    n: usize,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    reduce_range: bool,
+) -> Result<(Vec<i8>, Vec<f32>), GemmError> {
+    let view = crate::gemm::validate_operand("b", k, n, b, ldb, trans_b)?;
+    let qmax: f32 = if reduce_range { 64.0 } else { 127.0 };
+    let at = |p: usize, j: usize| view.data[p * view.rs + j * view.cs];
+    let scales: Vec<f32> = (0..n)
+        .map(|j| {
+            let mx = (0..k).fold(0.0f32, |m, p| m.max(at(p, j).abs()));
+            let s = mx / qmax;
+            if s > 0.0 && s.is_finite() {
+                s
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let len = k.checked_mul(n).ok_or(GemmError::Overflow)?;
+    let mut codes = vec![0i8; len];
+    for p in 0..k {
+        for j in 0..n {
+            codes[p * n + j] = (at(p, j) / scales[j]).round_ties_even().clamp(-qmax, qmax) as i8;
+        }
+    }
+    Ok((codes, scales))
+}
+
+/// An int8 weight (`k x n`) packed once for [`qgemm`], with its per-column scales and column
+/// sums.
+///
+/// Layout of [`PackedQB::words`] (stable, little-endian 32-bit words, so a compiler can embed
+/// it): `ceil(n/16)` panels of 16 columns; panel `q` holds `steps = ceil(k / kw)` rows of 16
+/// words (`kw` = [`QbFormat::k_per_word`]): word `q*16*steps + s*16 + jj` holds, for column
+/// `j = 16q + jj`, the codes of k = `kw*s .. kw*s + kw` — as 4 i8 bytes (byte `t` = k `4s+t`)
+/// for `I8Quads`, as 2 i16 halves (low half = k `2s`) for `I16Pairs`. Codes past `k` and
+/// columns past `n` are zero.
+#[derive(Clone)]
+pub struct PackedQB {
+    k: usize,
+    n: usize,
+    format: QbFormat,
+    words: Words,
+    col_sums: Vec<i32>,
+    scales: Vec<f32>,
+}
+
+impl std::fmt::Debug for PackedQB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PackedQB")
+            .field("k", &self.k)
+            .field("n", &self.n)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Packs int8 weight codes (`op(B)`, `k x n`: `codes[p*ldb + j]`, or `codes[j*ldb + p]` when
+/// `trans_b`) with per-column `scales` (length `n`), choosing [`QbFormat::I8Quads`] when every
+/// code is in `[-64, 64]` and [`QbFormat::I16Pairs`] otherwise.
+pub fn pack_qb(
+    k: usize,
+    n: usize,
+    codes: &[i8],
+    ldb: usize,
+    trans_b: bool,
+    scales: &[f32],
+) -> Result<PackedQB, GemmError> {
+    PackedQB::new(k, n, codes, ldb, trans_b, scales, None)
+}
+
+/// Quantizes an f32 weight with the given per-column scales (`round_half_even(b / scale[j])`,
+/// clamped to `[-128, 127]`) and packs it like [`pack_qb`].
+pub fn pack_qb_f32(
+    k: usize,
+    n: usize,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    scales: &[f32],
+) -> Result<PackedQB, GemmError> {
+    let view = crate::gemm::validate_operand("b", k, n, b, ldb, trans_b)?;
+    if scales.len() != n {
+        return Err(GemmError::PackedB("scales length is not n"));
+    }
+    let len = k.checked_mul(n).ok_or(GemmError::Overflow)?;
+    let mut codes = vec![0i8; len];
+    for p in 0..k {
+        for j in 0..n {
+            let x = view.data[p * view.rs + j * view.cs] / scales[j];
+            codes[p * n + j] = x.round_ties_even().clamp(-128.0, 127.0) as i8;
+        }
+    }
+    PackedQB::new(k, n, &codes, n, false, scales, None)
+}
+
+impl PackedQB {
+    /// Words needed to hold a packed `k x n` matrix in `format`.
+    pub fn packed_len(k: usize, n: usize, format: QbFormat) -> Result<usize, GemmError> {
+        n.div_ceil(QNR)
+            .checked_mul(QNR)
+            .and_then(|x| x.checked_mul(format.steps(k)))
+            .ok_or(GemmError::Overflow)
+    }
+
+    /// [`pack_qb`] with the format chosen by the caller (`None`: automatic). Asking for
+    /// `I8Quads` with a code outside `[-64, 64]` is an error (the kernel would saturate).
+    pub fn new(
+        k: usize,
+        n: usize,
+        codes: &[i8],
+        ldb: usize,
+        trans_b: bool,
+        scales: &[f32],
+        format: Option<QbFormat>,
+    ) -> Result<PackedQB, GemmError> {
+        if k > QGEMM_MAX_K {
+            return Err(GemmError::Overflow);
+        }
+        if scales.len() != n {
+            return Err(GemmError::PackedB("scales length is not n"));
+        }
+        let (sr, sc) = if trans_b { (n, k) } else { (k, n) };
+        let need = crate::gemm::stored_need("b", sr, sc, ldb)?;
+        if codes.len() < need {
+            return Err(GemmError::BufferTooSmall {
+                operand: "b",
+                len: codes.len(),
+                need,
+            });
+        }
+        let (rs, cs) = if trans_b { (1, ldb) } else { (ldb, 1) };
+        let at = |p: usize, j: usize| codes[p * rs + j * cs];
+        let mut fits7 = true;
+        let mut col_sums = vec![0i32; n];
+        for (j, sum) in col_sums.iter_mut().enumerate() {
+            for p in 0..k {
+                let c = at(p, j);
+                fits7 &= (-64..=64).contains(&c);
+                *sum += c as i32;
+            }
+        }
+        let format = match format {
+            None if fits7 => QbFormat::I8Quads,
+            None => QbFormat::I16Pairs,
+            Some(QbFormat::I8Quads) if !fits7 => {
+                return Err(GemmError::PackedB(
+                    "I8Quads needs every weight code in [-64, 64]",
+                ))
+            }
+            Some(f) => f,
+        };
+        let len = Self::packed_len(k, n, format)?;
+        let steps = format.steps(k);
+        let mut words = Words::zeros(len);
+        let w = words.as_mut_slice();
+        for j in 0..n {
+            let (q, jj) = (j / QNR, j % QNR);
+            for s in 0..steps {
+                let word = match format {
+                    QbFormat::I8Quads => {
+                        let mut bytes = [0u8; 4];
+                        for (t, byte) in bytes.iter_mut().enumerate() {
+                            let p = 4 * s + t;
+                            if p < k {
+                                *byte = at(p, j) as u8;
+                            }
+                        }
+                        u32::from_le_bytes(bytes)
+                    }
+                    QbFormat::I16Pairs => {
+                        let half = |p: usize| {
+                            if p < k {
+                                (at(p, j) as i16) as u16 as u32
+                            } else {
+                                0
+                            }
+                        };
+                        half(2 * s) | half(2 * s + 1) << 16
+                    }
+                };
+                w[q * QNR * steps + s * QNR + jj] = word;
+            }
+        }
+        Ok(PackedQB {
+            k,
+            n,
+            format,
+            words,
+            col_sums,
+            scales: scales.to_vec(),
+        })
+    }
+
+    /// Rows (the GEMM's `k`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns (the GEMM's `n`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+    /// The storage format.
+    pub fn format(&self) -> QbFormat {
+        self.format
+    }
+    /// The packed codes (64-byte aligned), layout in the type's doc.
+    pub fn words(&self) -> &[u32] {
+        self.words.as_slice()
+    }
+    /// `Σ_p code[p, j]` per column.
+    pub fn col_sums(&self) -> &[i32] {
+        &self.col_sums
+    }
+    /// The per-column weight scales.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales
+    }
+    /// A borrowed view, the form the GEMM takes.
+    pub fn as_ref(&self) -> PackedQBRef<'_> {
+        PackedQBRef {
+            k: self.k,
+            n: self.n,
+            format: self.format,
+            words: self.words.as_slice(),
+            col_sums: &self.col_sums,
+            scales: &self.scales,
+        }
+    }
+}
+
+/// A borrowed packed int8 weight: a [`PackedQB`], or the same data living elsewhere (an
+/// artifact's constant section).
+#[derive(Debug, Clone, Copy)]
+pub struct PackedQBRef<'a> {
+    k: usize,
+    n: usize,
+    format: QbFormat,
+    words: &'a [u32],
+    col_sums: &'a [i32],
+    scales: &'a [f32],
+}
+
+impl<'a> PackedQBRef<'a> {
+    /// Wraps data in the [`PackedQB`] layout. Checks the lengths and `k <=` [`QGEMM_MAX_K`];
+    /// for `I8Quads` it also checks that no code is outside `[-64, 64]`. The column sums are
+    /// trusted (wrong sums give wrong results, never unsoundness).
+    pub fn new(
+        k: usize,
+        n: usize,
+        format: QbFormat,
+        words: &'a [u32],
+        col_sums: &'a [i32],
+        scales: &'a [f32],
+    ) -> Result<Self, GemmError> {
+        if k > QGEMM_MAX_K {
+            return Err(GemmError::Overflow);
+        }
+        if words.len() != PackedQB::packed_len(k, n, format)? {
+            return Err(GemmError::PackedB(
+                "data length does not match packed_len(k, n, format)",
+            ));
+        }
+        if col_sums.len() != n || scales.len() != n {
+            return Err(GemmError::PackedB("col_sums/scales length is not n"));
+        }
+        if format == QbFormat::I8Quads
+            && words
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .any(|b| !(-64..=64).contains(&(b as i8)))
+        {
+            return Err(GemmError::PackedB(
+                "I8Quads needs every weight code in [-64, 64]",
+            ));
+        }
+        Ok(PackedQBRef {
+            k,
+            n,
+            format,
+            words,
+            col_sums,
+            scales,
+        })
+    }
+    /// Rows (the GEMM's `k`).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Columns (the GEMM's `n`).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+impl<'a> From<&'a PackedQB> for PackedQBRef<'a> {
+    fn from(p: &'a PackedQB) -> Self {
+        p.as_ref()
+    }
+}
+
+/// A fully described quantized GEMM (see the module doc for the formula). [`qgemm`] and
+/// [`qgemm_i32`] fill it in; use it directly to choose the instruction set.
+#[derive(Debug, Clone, Copy)]
+pub struct QGemm<'a> {
+    /// Rows of A and C.
+    pub m: usize,
+    /// Quantized A, `m x k`: element `(i, p)` at `a[i*lda + p]`.
+    pub a: &'a [u8],
+    /// Leading dimension of A.
+    pub lda: usize,
+    /// Per-row activation scales (length `m`; unused by [`QGemm::run_i32`]).
+    pub a_scale: &'a [f32],
+    /// Per-row activation zero points (length `m`).
+    pub a_zero: &'a [u8],
+    /// The packed weight (gives `k`, `n`, the weight scales and column sums).
+    pub b: PackedQBRef<'a>,
+    /// Optional per-column bias (length `n`), added after dequantization.
+    pub bias: Option<&'a [f32]>,
+    /// Activation applied last.
+    pub activation: Activation,
+    /// Threads; 0 means all available cores. Small problems use fewer.
+    pub threads: usize,
+    /// Kernels to use.
+    pub isa: Isa,
+}
+
+/// The output pointer of one call, shared by its threads (which write disjoint rectangles).
+#[derive(Clone, Copy)]
+pub(crate) enum OutPtr {
+    F32(*mut f32),
+    I32(*mut i32),
+}
+
+// SAFETY: threads dereference the pointer only inside the disjoint rectangles `partition`
+// assigns, and `QGemm::run_*` holds the `&mut` slice it came from until every thread joined.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above; sharing only copies the address.
+unsafe impl Sync for OutPtr {}
+
+/// A validated call: every index the kernels form from these fields is in bounds.
+pub(crate) struct Job<'a> {
+    pub m: usize,
+    pub n: usize,
+    pub steps: usize,
+    pub format: QbFormat,
+    pub a: &'a [u8],
+    pub lda: usize,
+    pub k: usize,
+    pub a_scale: &'a [f32],
+    pub a_zero: &'a [u8],
+    pub b: PackedQBRef<'a>,
+    pub bias: Option<&'a [f32]>,
+    pub activation: Activation,
+    pub out: OutPtr,
+    pub ldc: usize,
+    pub isa: Isa,
+}
+
+impl QGemm<'_> {
+    /// Computes the dequantized f32 result into `c` (`m x n`, `c[i*ldc + j]`). Validates
+    /// everything first; on error `c` is untouched.
+    pub fn run(&self, c: &mut [f32], ldc: usize) -> Result<(), GemmError> {
+        self.check_c(c.len(), ldc)?;
+        if self.a_scale.len() != self.m {
+            return Err(GemmError::BufferTooSmall {
+                operand: "a_scale",
+                len: self.a_scale.len(),
+                need: self.m,
+            });
+        }
+        if let Some(b) = self.bias {
+            if b.len() != self.b.n {
+                return Err(GemmError::BiasLength {
+                    expected: self.b.n,
+                    got: b.len(),
+                });
+            }
+        }
+        self.activation.validate()?;
+        self.execute(OutPtr::F32(c.as_mut_ptr()), ldc)
+    }
+
+    /// Computes the exact integer matrix `Σ_p qa[i,p]·qb[p,j] − za[i]·Σ_p qb[p,j]` into `c`
+    /// (no scales, bias or activation).
+    pub fn run_i32(&self, c: &mut [i32], ldc: usize) -> Result<(), GemmError> {
+        self.check_c(c.len(), ldc)?;
+        self.execute(OutPtr::I32(c.as_mut_ptr()), ldc)
+    }
+
+    fn check_c(&self, c_len: usize, ldc: usize) -> Result<(), GemmError> {
+        let (m, n, k) = (self.m, self.b.n, self.b.k);
+        let c_need = crate::gemm::stored_need("c", m, n, ldc)?;
+        if c_len < c_need {
+            return Err(GemmError::BufferTooSmall {
+                operand: "c",
+                len: c_len,
+                need: c_need,
+            });
+        }
+        let a_need = crate::gemm::stored_need("a", m, k, self.lda)?;
+        if self.a.len() < a_need {
+            return Err(GemmError::BufferTooSmall {
+                operand: "a",
+                len: self.a.len(),
+                need: a_need,
+            });
+        }
+        if self.a_zero.len() != m {
+            return Err(GemmError::BufferTooSmall {
+                operand: "a_zero",
+                len: self.a_zero.len(),
+                need: m,
+            });
+        }
+        Ok(())
+    }
+
+    fn execute(&self, out: OutPtr, ldc: usize) -> Result<(), GemmError> {
+        let isa = match self.isa {
+            Isa::Auto => Isa::detect(),
+            Isa::Generic => Isa::Generic,
+            Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => Isa::Avx2Fma,
+            Isa::Avx2Fma => return Err(GemmError::UnsupportedIsa(Isa::Avx2Fma)),
+        };
+        let threads = if self.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |t| t.get())
+        } else {
+            self.threads
+        };
+        let job = Job {
+            m: self.m,
+            n: self.b.n,
+            k: self.b.k,
+            steps: self.b.format.steps(self.b.k),
+            format: self.b.format,
+            a: self.a,
+            lda: self.lda,
+            a_scale: self.a_scale,
+            a_zero: self.a_zero,
+            b: self.b,
+            bias: self.bias,
+            activation: self.activation,
+            out,
+            ldc,
+            isa,
+        };
+        if job.m == 0 || job.n == 0 {
+            return Ok(());
+        }
+        let parts = partition(job.m, job.n, job.k, threads);
+        if parts.len() == 1 {
+            run_range(&job, 0..job.m, 0..job.n);
+        } else {
+            crate::pool::run(parts.len(), &|t| {
+                let (rows, cols) = parts[t].clone();
+                run_range(&job, rows, cols);
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `C = act(dequant(qA · B) + bias)` (f32 output); see the module doc.
+#[allow(clippy::too_many_arguments)] // mirrors the f32 sgemm_packed / C ABI style
+pub fn qgemm<'a>(
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    a_scale: &[f32],
+    a_zero: &[u8],
+    b: impl Into<PackedQBRef<'a>>,
+    bias: Option<&[f32]>,
+    activation: Activation,
+    c: &mut [f32],
+    ldc: usize,
+    threads: usize,
+) -> Result<(), GemmError> {
+    QGemm {
+        m,
+        a,
+        lda,
+        a_scale,
+        a_zero,
+        b: b.into(),
+        bias,
+        activation,
+        threads,
+        isa: Isa::Auto,
+    }
+    .run(c, ldc)
+}
+
+/// The exact zero-point-corrected integer product (i32 output); see [`QGemm::run_i32`].
+#[allow(clippy::too_many_arguments)] // mirrors qgemm
+pub fn qgemm_i32<'a>(
+    m: usize,
+    a: &[u8],
+    lda: usize,
+    a_zero: &[u8],
+    b: impl Into<PackedQBRef<'a>>,
+    c: &mut [i32],
+    ldc: usize,
+    threads: usize,
+) -> Result<(), GemmError> {
+    QGemm {
+        m,
+        a,
+        lda,
+        a_scale: &[],
+        a_zero,
+        b: b.into(),
+        bias: None,
+        activation: Activation::Identity,
+        threads,
+        isa: Isa::Auto,
+    }
+    .run_i32(c, ldc)
+}
+
+/// Splits C into one rectangle per thread in whole tiles: along M when every thread gets a row
+/// tile (B is pre-packed, so nothing is duplicated), else along N.
+fn partition(m: usize, n: usize, k: usize, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let ops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
+    let tiles_m = m.div_ceil(QMR);
+    let tiles_n = n.div_ceil(QNR);
+    let t = threads
+        .min((ops / (2 * crate::gemm::MIN_FLOPS_PER_THREAD)).max(1))
+        .min(tiles_m.max(tiles_n))
+        .max(1);
+    if t == 1 {
+        return vec![(0..m, 0..n)];
+    }
+    let split_m = tiles_m >= t;
+    let (tiles, tile, len) = if split_m {
+        (tiles_m, QMR, m)
+    } else {
+        (tiles_n, QNR, n)
+    };
+    (0..t)
+        .map(|i| {
+            let lo = (tiles * i / t * tile).min(len);
+            let hi = (tiles * (i + 1) / t * tile).min(len);
+            if split_m {
+                (lo..hi, 0..n)
+            } else {
+                (0..m, lo..hi)
+            }
+        })
+        .filter(|(r, c)| !r.is_empty() && !c.is_empty())
+        .collect()
+}
+
+/// Packs rows `i0..i0+mc` of A into `dst`: `ceil(mc/6)` panels, word `q*steps*6 + s*6 + i`
+/// holding row `i0 + 6q + i`'s k-step `s` in `format` (u8 quads or zero-extended i16 pairs);
+/// rows past `mc` and k past `k` are zero.
+fn pack_a(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
+    let (k, steps) = (job.k, job.steps);
+    let kw = job.format.k_per_word();
+    let full = k / kw;
+    for q in 0..mc.div_ceil(QMR) {
+        let panel = &mut dst[q * steps * QMR..(q + 1) * steps * QMR];
+        for i in 0..QMR {
+            let r = q * QMR + i;
+            let lane = panel.iter_mut().skip(i).step_by(QMR);
+            if r >= mc {
+                lane.for_each(|d| *d = 0);
+                continue;
+            }
+            let start = (i0 + r) * job.lda;
+            let row = &job.a[start..start + k];
+            let mut lane = lane;
+            match job.format {
+                QbFormat::I8Quads => {
+                    // Chunks first: `zip` must not pull a lane slot it will not fill.
+                    for (c, d) in row.chunks_exact(4).zip(lane.by_ref()) {
+                        *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                    }
+                }
+                QbFormat::I16Pairs => {
+                    for (c, d) in row.chunks_exact(2).zip(lane.by_ref()) {
+                        *d = c[0] as u32 | (c[1] as u32) << 16;
+                    }
+                }
+            }
+            if full < steps {
+                let mut bytes = [0u8; 4];
+                let tail = &row[full * kw..];
+                let word = match job.format {
+                    QbFormat::I8Quads => {
+                        bytes[..tail.len()].copy_from_slice(tail);
+                        u32::from_le_bytes(bytes)
+                    }
+                    QbFormat::I16Pairs => tail[0] as u32,
+                };
+                if let Some(d) = lane.next() {
+                    *d = word;
+                }
+            }
+        }
+    }
+}
+
+/// One thread's rectangle: pack A blocks, run the tiles.
+fn run_range(job: &Job<'_>, rows: Range<usize>, cols: Range<usize>) {
+    let steps = job.steps;
+    let row_bytes = (steps * 4).max(1);
+    let mc_max = (A_BLOCK_BYTES / row_bytes / QMR * QMR).clamp(QMR, MC_MAX);
+    let mc_max = mc_max.min(rows.len().div_ceil(QMR) * QMR);
+    let mut abuf = Words::zeros(mc_max * steps + 8);
+    let mut ic = rows.start;
+    while ic < rows.end {
+        let mc = mc_max.min(rows.end - ic);
+        pack_a(job, abuf.as_mut_slice(), ic, mc);
+        let blk = QBlock {
+            job,
+            a: abuf.as_slice(),
+            i0: ic,
+            mc,
+            j0: cols.start,
+            nc: cols.len(),
+        };
+        match job.isa {
+            // SAFETY: Avx2Fma is only chosen when the CPU has AVX2 (`execute`); the block's
+            // rows and columns lie inside this thread's rectangle of the validated C.
+            Isa::Avx2Fma => unsafe { avx2::macro_kernel(&blk) },
+            // SAFETY: as above, minus the CPU feature.
+            _ => unsafe { generic_macro_kernel(&blk) },
+        }
+        ic += mc;
+    }
+}
+
+/// One block of rows `i0..i0+mc` (A packed in `a`) against columns `j0..j0+nc` (`j0` a multiple
+/// of 16).
+pub(crate) struct QBlock<'a> {
+    pub job: &'a Job<'a>,
+    pub a: &'a [u32],
+    pub i0: usize,
+    pub mc: usize,
+    pub j0: usize,
+    pub nc: usize,
+}
+
+impl QBlock<'_> {
+    /// The B micro-panel holding global column `j` (a multiple of 16).
+    pub(crate) fn b_panel(&self, j: usize) -> &[u32] {
+        let s = self.job.steps;
+        &self.job.b.words[(j / QNR) * s * QNR..][..s * QNR]
+    }
+    /// The A micro-panel of block row `ir` (a multiple of 6).
+    pub(crate) fn a_panel(&self, ir: usize) -> &[u32] {
+        let s = self.job.steps;
+        &self.a[(ir / QMR) * s * QMR..][..s * QMR]
+    }
+}
+
+/// Multiply-adds one packed A word and one packed B word exactly.
+#[inline(always)]
+fn word_dot(format: QbFormat, a: u32, b: u32) -> i32 {
+    match format {
+        QbFormat::I8Quads => {
+            let (a, b) = (a.to_le_bytes(), b.to_le_bytes());
+            (0..4).fold(0i32, |s, t| s + a[t] as i32 * (b[t] as i8) as i32)
+        }
+        QbFormat::I16Pairs => {
+            let lo = (a as u16 as i16 as i32) * (b as u16 as i16 as i32);
+            let hi = ((a >> 16) as u16 as i16 as i32) * ((b >> 16) as u16 as i16 as i32);
+            lo + hi
+        }
+    }
+}
+
+/// Applies the epilogue to one tile row of raw sums (`acc[jj]` for column `j0 + jj`,
+/// `jj < n_eff`) and writes it to row `i` of C.
+///
+/// # Safety
+/// Row `i`, columns `j0..j0+n_eff` of C are inside the validated output and this thread's
+/// rectangle.
+#[inline(always)]
+pub(crate) unsafe fn finish_row_scalar(
+    job: &Job<'_>,
+    acc: &[i32; QNR],
+    i: usize,
+    j0: usize,
+    n_eff: usize,
+) {
+    let za = job.a_zero[i] as i32;
+    let sums = &job.b.col_sums[j0..j0 + n_eff];
+    match job.out {
+        OutPtr::I32(c) => {
+            // SAFETY: by the contract.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * job.ldc + j0), n_eff) };
+            for ((o, &x), &s) in row.iter_mut().zip(acc).zip(sums) {
+                *o = x.wrapping_sub(za.wrapping_mul(s));
+            }
+        }
+        OutPtr::F32(c) => {
+            // SAFETY: by the contract.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * job.ldc + j0), n_eff) };
+            let sa = job.a_scale[i];
+            let sw = &job.b.scales[j0..j0 + n_eff];
+            for (jj, o) in row.iter_mut().enumerate() {
+                let v = acc[jj].wrapping_sub(za.wrapping_mul(sums[jj]));
+                let mut y = v as f32 * (sa * sw[jj]);
+                if let Some(b) = job.bias {
+                    y += b[j0 + jj];
+                }
+                *o = job.activation.apply(y);
+            }
+        }
+    }
+}
+
+/// Portable kernel over the same packed layouts.
+///
+/// # Safety
+/// The block's rows/columns of C are valid and exclusively this call's.
+unsafe fn generic_macro_kernel(blk: &QBlock<'_>) {
+    let format = blk.job.format;
+    for jr in (0..blk.nc).step_by(QNR) {
+        let j = blk.j0 + jr;
+        let n_eff = QNR.min(blk.nc - jr);
+        let bp = blk.b_panel(j);
+        for ir in (0..blk.mc).step_by(QMR) {
+            let m_eff = QMR.min(blk.mc - ir);
+            let ap = blk.a_panel(ir);
+            let mut acc = [[0i32; QNR]; QMR];
+            for (av, bv) in ap.chunks_exact(QMR).zip(bp.chunks_exact(QNR)) {
+                for (row, &x) in acc.iter_mut().zip(av) {
+                    for (r, &y) in row.iter_mut().zip(bv) {
+                        *r = r.wrapping_add(word_dot(format, x, y));
+                    }
+                }
+            }
+            for (ii, row) in acc.iter().enumerate().take(m_eff) {
+                // SAFETY: row blk.i0+ir+ii < m and columns j..j+n_eff <= n belong to the block.
+                unsafe { finish_row_scalar(blk.job, row, blk.i0 + ir + ii, j, n_eff) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The portable and AVX2 row quantizers agree bit for bit, including ties, zero rows and
+    /// out-of-range magnitudes, and both match the ONNX formula with `round_ties_even`.
+    #[test]
+    fn quantizers_agree() {
+        let mut rows: Vec<Vec<f32>> = vec![
+            vec![0.0; 21],
+            vec![
+                -127.5, 127.5, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, -3.5, 4.5, 0.0,
+            ],
+            (0..37)
+                .map(|i| (i as f32 * 0.731).sin() * 3.0 + 1.0)
+                .collect(),
+            (0..19).map(|i| -(i as f32) * 1e3).collect(),
+            vec![1e-40, -1e-40, 0.0, 5e-41],
+            vec![7.0],
+        ];
+        rows.push((0..64).map(|i| (i as f32 - 20.0) * 0.25).collect());
+        for row in &rows {
+            let mut q1 = vec![0u8; row.len()];
+            let (s1, z1) = quantize_row(row, &mut q1);
+            for (p, &x) in row.iter().enumerate() {
+                let want = ((x / s1).round_ties_even() + z1 as f32).clamp(0.0, 255.0) as u8;
+                assert_eq!(q1[p], want, "{row:?} at {p}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detect() == Isa::Avx2Fma {
+                let mut q2 = vec![0u8; row.len()];
+                // SAFETY: AVX2/FMA detected; equal lengths.
+                let (s2, z2) = unsafe { quantize_row_avx2(row, &mut q2) };
+                assert_eq!((s1, z1, &q1), (s2, z2, &q2), "{row:?}");
+            }
+        }
+    }
+}
