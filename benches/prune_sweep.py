@@ -48,7 +48,8 @@ METHODS = {
     "hessian-global": "score=hessian,scope=global,reconstruct=obs",
     "activation": "score=activation,reconstruct=obs",
     "l1+obs": "score=l1,reconstruct=obs",
-    "hessian+evo": "score=hessian,reconstruct=obs,search=evo,search-samples=8",
+    "hessian+evo": "score=hessian,reconstruct=obs,search=evo,search-samples=0",
+    "hessian+evo-params": "score=hessian,reconstruct=obs,search=evo,search-samples=0,budget=params",
 }
 SECTION = "## Structured pruning (prune-channels)"
 

@@ -182,7 +182,7 @@ impl Default for PruneOptions {
             budget: Budget::Flops,
             generations: 40,
             offspring: 6,
-            search_samples: 4,
+            search_samples: 16,
         }
     }
 }
@@ -635,6 +635,7 @@ fn apply(
     stats: Option<&CalibStats>,
     o: &PruneOptions,
     want_update: bool,
+    measure: bool,
     name: &str,
     report: &mut PassReport,
 ) -> Result<(), PassError> {
@@ -688,9 +689,10 @@ fn apply(
                     "the least-squares update is not finite (try a larger damp)",
                 ));
             }
-            let diff = cons.mat.minus(&m);
-            err_num += energy(h, &diff);
-            err_den += energy(h, &cons.mat);
+            if measure {
+                err_num += energy(h, &cons.mat.minus(&m));
+                err_den += energy(h, &cons.mat);
+            }
             updated.insert(c, m.to_tensor());
         }
         if missing > 0 {
@@ -985,6 +987,7 @@ fn search_allocation(
             stats,
             o,
             update,
+            false,
             name,
             &mut scratch,
         )?;
@@ -1138,6 +1141,7 @@ impl Pass for Prune {
             stats,
             &o,
             want_update,
+            true,
             name,
             &mut report,
         )?;

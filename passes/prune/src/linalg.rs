@@ -148,15 +148,16 @@ pub fn damped_inverse(h: &[f64], k: usize, damp: f64) -> Option<Mat<f64>> {
 /// `tr(WᵀHW)`: the output energy of the layer on the calibration data.
 pub fn energy(h: &[f64], w: &ConsumerMat) -> f64 {
     let (k, n) = (w.k, w.n);
+    if h.len() != k * k {
+        return f64::NAN;
+    }
+    let hm = faer::MatRef::from_row_major_slice(h, k, k);
+    let wm = faer::MatRef::from_row_major_slice(&w.w, k, n);
+    let hw = hm * wm;
     let mut e = 0.0;
     for i in 0..k {
-        let hi = &h[i * k..(i + 1) * k];
         for c in 0..n {
-            let mut s = 0.0;
-            for (j, &hij) in hi.iter().enumerate() {
-                s += hij * w.w[j * n + c];
-            }
-            e += s * w.w[i * n + c];
+            e += hw[(i, c)] * w.w[i * n + c];
         }
     }
     e

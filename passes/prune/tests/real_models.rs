@@ -253,3 +253,58 @@ fn second_order_pruning_beats_magnitude_on_minilm() {
     assert!(refit < 0.8 * l1, "refit {refit} vs L1 {l1}");
     assert!(obs < 0.8 * l1, "OBS {obs} vs L1 {l1}");
 }
+
+/// `search=evo` on MiniLM's MLP neurons: the searched allocation removes at least the FLOPs
+/// of the uniform one (equal per neuron here, so at least as many neurons), differs from it,
+/// and is no worse on the held-out fixtures.
+#[test]
+fn allocation_search_keeps_the_budget_and_beats_uniform_on_minilm() {
+    let Some(g) = load("minilm") else { return };
+    let held_out = fixtures("minilm", &g);
+    let reference: Vec<Vec<Vec<f64>>> = held_out
+        .samples
+        .iter()
+        .map(|s| run(&g, &s.inputs))
+        .collect();
+    let prune = |search: pare_prune::Search| {
+        let mut p = g.clone();
+        let mut cx = PassContext::new().with_samples(token_samples(&g, 8));
+        let report = Prune::new(
+            Kind::Channels,
+            PruneOptions {
+                ratio: 0.5,
+                score: Score::Hessian,
+                reconstruct: Reconstruct::Obs,
+                search,
+                generations: 8,
+                offspring: 4,
+                search_samples: 8,
+                ..Default::default()
+            },
+        )
+        .run(&mut p, &mut cx)
+        .expect("prunes");
+        let removed = report.stats.get("units-removed").copied().unwrap_or(0);
+        let err = held_out
+            .samples
+            .iter()
+            .zip(&reference)
+            .map(|(s, r)| rel_l2(r, &run(&p, &s.inputs)))
+            .fold(0.0, f64::max);
+        let widths: Vec<usize> = p
+            .constants()
+            .filter(|(_, t)| t.shape().len() == 2 && t.shape()[0] != 384 && t.shape()[1] == 384)
+            .map(|(_, t)| t.shape()[0])
+            .collect();
+        (removed, err, widths)
+    };
+    let (u_removed, u_err, u_widths) = prune(pare_prune::Search::None);
+    let (s_removed, s_err, s_widths) = prune(pare_prune::Search::Evo);
+    println!(
+        "minilm 50% MLP neurons: uniform {u_removed} removed, widths {u_widths:?}, held-out \
+         error {u_err:.4}; search {s_removed} removed, widths {s_widths:?}, error {s_err:.4}"
+    );
+    assert!(s_removed >= u_removed, "budget: {s_removed} < {u_removed}");
+    assert_ne!(s_widths, u_widths, "the search changed nothing");
+    assert!(s_err <= u_err * 1.02, "search {s_err} vs uniform {u_err}");
+}
