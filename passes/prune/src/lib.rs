@@ -304,8 +304,9 @@ pub fn register(reg: &mut Registry) {
                     "search",
                     "none|evo",
                     "none",
-                    "evo: allocate the parameter budget that `ratio` removes across groups by \
-                     an evolutionary search scored end to end on --calib samples",
+                    "evo: spread the FLOPs (or parameters, see budget) that `ratio` removes \
+                     over the groups by an evolutionary search scored end to end on --calib \
+                     samples",
                 )
                 .option(
                     "budget",
