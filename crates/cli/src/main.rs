@@ -84,11 +84,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads a model with default options.
+/// Loads a model, with the user ops pare's own passes emit (MatMulNBits) defined.
 pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<pare_onnx::Model> {
     Ok(pare_onnx::load_model(
         path,
-        &pare_onnx::ImportOptions::default(),
+        &pare_onnx::ImportOptions {
+            custom_ops: pare_passes::custom_ops(),
+            ..Default::default()
+        },
     )?)
 }
 

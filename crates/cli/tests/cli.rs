@@ -287,3 +287,49 @@ fn passes_lists_the_registry() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
     assert!(v.as_array().unwrap().len() >= 11);
 }
+
+/// A model that `quantize(format=matmulnbits)` wrote (com.microsoft MatMulNBits) loads back
+/// into `inspect` and `eval`; `compile` refuses it naming the node and the op.
+#[test]
+fn matmulnbits_models_load_back() {
+    let m = model("ocr-cls");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("nb.onnx");
+    let o = pare(&[
+        "opt",
+        m.to_str().unwrap(),
+        "--passes",
+        "canonicalize,quantize(bits=4,format=matmulnbits,min-elements=1)",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = pare(&["inspect", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("MatMulNBits"), "{}", text(&o));
+    let inputs = repo_root().join("tests/models/ocr-cls");
+    let o = pare(&[
+        "eval",
+        m.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--inputs",
+        inputs.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(v["samples"], 3);
+    let exe = dir.path().join("nb.exe");
+    let o = pare(&[
+        "compile",
+        out.to_str().unwrap(),
+        "--emit",
+        "exe",
+        "-o",
+        exe.to_str().unwrap(),
+        "--shape",
+        "x=2x3x48x192",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("MatMulNBits"), "{}", text(&o));
+    assert!(!exe.exists());
+}

@@ -15,6 +15,14 @@ pub const CANONICALIZE: &str =
     "fold-constants,fold-if,fold-shapes,dce,cse,fold-batchnorm,fuse-gemm,\
 fuse-layernorm,fuse-gelu,fuse-attention,simplify-layout,dce";
 
+/// The user ops that built-in passes emit, with their reference semantics, as an import
+/// option: models written by `quantize(format=matmulnbits)` (`com.microsoft` MatMulNBits)
+/// load, run and evaluate with these.
+pub fn custom_ops(
+) -> std::collections::HashMap<(String, String), std::sync::Arc<dyn pare_ir::op::CustomOpDef>> {
+    pare_quantize::nbits::custom_ops()
+}
+
 /// A registry with every built-in pass and named pipeline.
 pub fn registry() -> Registry {
     let mut reg = Registry::new();
