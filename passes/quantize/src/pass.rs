@@ -317,6 +317,17 @@ struct Target {
     w: Vec<f64>,
 }
 
+impl Target {
+    /// Points every reader of the layer's output `y` at its replacement `out`, then drops the
+    /// layer and its f32 weight; `y` is renamed `<yname>_replaced` so `out` keeps the name.
+    fn retire(&self, g: &mut Graph, y: ValueId, out: ValueId, yname: &str) {
+        g.replace_all_uses(y, out);
+        g.remove_node(self.node);
+        g.set_name(y, format!("{yname}_replaced"));
+        g.remove_const(self.weight);
+    }
+}
+
 /// The weight operand of a linear node, or why it is not quantized (`Ok(None)`: not a linear
 /// node at all).
 fn target(g: &Graph, node: NodeId, min_elements: usize) -> Result<Option<Target>, String> {
@@ -726,10 +737,7 @@ impl Quantize {
             let ty = g.value(y).ty.clone();
             g.set_type(out, ty);
         }
-        g.replace_all_uses(y, out);
-        g.remove_node(t.node);
-        g.set_name(y, format!("{yname}_replaced"));
-        g.remove_const(t.weight);
+        t.retire(g, y, out, &yname);
         Ok(())
     }
 }
@@ -973,10 +981,7 @@ impl Quantize {
         if ty.dtype.is_some() {
             g.set_type(out, ty);
         }
-        g.replace_all_uses(y, out);
-        g.remove_node(t.node);
-        g.set_name(y, format!("{yname}_replaced"));
-        g.remove_const(t.weight);
+        t.retire(g, y, out, &yname);
         Ok(())
     }
 }
