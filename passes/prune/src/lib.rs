@@ -2,6 +2,9 @@
 //! and attention heads, so that the weights, the ONNX file and the compiled code really
 //! shrink.
 //!
+//! (The crate also holds `prune-unstructured`, which zeroes individual weights or `N` of
+//! every `M` with magnitude, Wanda or SparseGPT scores: see [`unstructured`].)
+//!
 //! **What it does.** The [`CouplingGroups`] analysis splits every channel space of the graph
 //! into groups of positions that must disappear together (a conv's filters, its bias, the
 //! BatchNorm/per-channel constants after it, the depthwise conv it feeds, the input channels
@@ -58,6 +61,11 @@ mod edit;
 mod linalg;
 mod search;
 mod seq;
+pub mod sparsegpt;
+pub mod unstructured;
+
+pub use linalg::FactorError;
+pub use unstructured::{Method, Pattern, PruneUnstructured, UnstructuredOptions};
 
 use edit::{positions, remove_positions, replace_const, reshape_target};
 use linalg::{
@@ -238,7 +246,7 @@ impl Prune {
     }
 }
 
-/// Registers `prune-channels` and `prune-heads`.
+/// Registers `prune-channels`, `prune-heads` and `prune-unstructured`.
 pub fn register(reg: &mut Registry) {
     for (kind, summary) in [
         (
@@ -339,6 +347,7 @@ pub fn register(reg: &mut Registry) {
             },
         );
     }
+    unstructured::register(reg);
 }
 
 /// A node or producer label for notes.

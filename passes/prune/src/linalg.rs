@@ -2,7 +2,7 @@
 //! `XᵀX` is indexed by, the damped inverse of `XᵀX`, the Optimal-Brain-Surgeon cost of
 //! deleting a block of its rows and the least-squares update of the rows that stay.
 
-use faer::linalg::solvers::Solve;
+use faer::linalg::solvers::{DenseSolveCore, Solve};
 use faer::{Mat, Side};
 use pare_ir::{Graph, NodeId, Op, Tensor};
 
@@ -147,20 +147,99 @@ pub fn damped_inverse(h: &[f64], k: usize, damp: f64) -> Option<Mat<f64>> {
 
 /// `tr(WᵀHW)`: the output energy of the layer on the calibration data.
 pub fn energy(h: &[f64], w: &ConsumerMat) -> f64 {
-    let (k, n) = (w.k, w.n);
-    if h.len() != k * k {
+    quadratic(h, &w.w, w.k, w.n)
+}
+
+/// `tr(WᵀHW)` of a `K×N` row-major `w` under a `K×K` row-major `h` (`‖X·W‖²` summed over the
+/// calibration rows when `h = XᵀX`); NaN when the sizes do not match.
+pub fn quadratic(h: &[f64], w: &[f64], k: usize, n: usize) -> f64 {
+    if h.len() != k * k || w.len() != k * n {
         return f64::NAN;
     }
+    if k == 0 || n == 0 {
+        return 0.0;
+    }
     let hm = faer::MatRef::from_row_major_slice(h, k, k);
-    let wm = faer::MatRef::from_row_major_slice(&w.w, k, n);
+    let wm = faer::MatRef::from_row_major_slice(w, k, n);
     let hw = hm * wm;
     let mut e = 0.0;
     for i in 0..k {
         for c in 0..n {
-            e += hw[(i, c)] * w.w[i * n + c];
+            e += hw[(i, c)] * w[i * n + c];
         }
     }
     e
+}
+
+/// Why the inverse-Hessian factor of [`inverse_upper_cholesky`] could not be formed.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum FactorError {
+    /// `XᵀX` does not have `K×K` entries.
+    #[error("XᵀX has {got} entries, not {want}×{want}")]
+    Shape {
+        /// Entries given.
+        got: usize,
+        /// `K`.
+        want: usize,
+    },
+    /// `XᵀX` holds a NaN or an infinity.
+    #[error("XᵀX has a non-finite entry")]
+    NonFinite,
+    /// A Cholesky pivot was not positive (raise `damp`).
+    #[error("XᵀX + damping is not positive definite (pivot {index}); try a larger damp")]
+    NotPositiveDefinite {
+        /// The pivot.
+        index: usize,
+    },
+}
+
+fn llt_error(e: faer::linalg::cholesky::llt::factor::LltError) -> FactorError {
+    match e {
+        faer::linalg::cholesky::llt::factor::LltError::NonPositivePivot { index } => {
+            FactorError::NotPositiveDefinite { index }
+        }
+    }
+}
+
+/// The upper Cholesky factor `U` of the damped inverse Hessian, `(H + δI)⁻¹ = UᵀU`, that
+/// drives the column-by-column updates of GPTQ and SparseGPT (the same machinery as
+/// `pare_quantize::gptq`): inputs that never fired (`H_jj = 0`) get `H_jj = 1`, which
+/// decouples them; `δ = damp · mean(diag H)`; `H⁻¹` comes from a Cholesky factorization
+/// and `U` from a second one of `H⁻¹`. Row `i` of `U` scaled by `1/U_ii` is how eliminating
+/// input `i` moves the inputs after it, and `U_ii² = [(H_{i:,i:})⁻¹]_00`, the inverse
+/// Hessian diagonal of input `i` once the inputs before it are fixed.
+pub fn inverse_upper_cholesky(h: &[f64], k: usize, damp: f64) -> Result<Mat<f64>, FactorError> {
+    if h.len() != k * k {
+        return Err(FactorError::Shape {
+            got: h.len(),
+            want: k,
+        });
+    }
+    if h.iter().any(|x| !x.is_finite()) {
+        return Err(FactorError::NonFinite);
+    }
+    let mut hm = Mat::<f64>::from_fn(k, k, |i, j| h[i * k + j]);
+    for j in 0..k {
+        if hm[(j, j)] == 0.0 {
+            hm[(j, j)] = 1.0;
+        }
+    }
+    let mean_diag = (0..k).map(|j| hm[(j, j)]).sum::<f64>() / k.max(1) as f64;
+    let d = damp * mean_diag;
+    for j in 0..k {
+        hm[(j, j)] += d;
+    }
+    let hinv = hm.llt(Side::Lower).map_err(llt_error)?.inverse();
+    let u = hinv
+        .llt(Side::Lower)
+        .map_err(llt_error)?
+        .L()
+        .transpose()
+        .to_owned();
+    if (0..k).any(|i| !(u[(i, i)] > 0.0 && u[(i, i)].is_finite())) {
+        return Err(FactorError::NonFinite);
+    }
+    Ok(u)
 }
 
 /// `Σ_{r∈rows} H_rr·‖W_r‖²`: the output energy of those rows alone (the diagonal part).
