@@ -1,4 +1,5 @@
-//! Quantization: `quantize(bits=8|4, group=…, method=rtn|gptq|awq, weights-only=…, …)`.
+//! Quantization: `quantize(bits=8|4, group=…, method=rtn|gptq|awq, weights-only=…, …)`, and
+//! mixed int4/int8/f32 per layer under a size budget: `quantize(budget-bits=4.5)`.
 //!
 //! **What it does.** Every MatMul and Gemm whose weight operand `B` is a constant f32 2-D
 //! tensor (Gemm: `transB` respected) and every Conv with a constant f32 weight gets its weight
@@ -32,6 +33,52 @@
 //!   unscaled after dequantization; α ∈ {0, 0.1, …, 1} minimizes the output error
 //!   `tr(ΔW XᵀX ΔWᵀ)` (α = 0 is RTN, so the search never does worse than RTN on the
 //!   calibration data); see [`awq::awq`]. Grouped convolutions fall back to RTN.
+//!
+//! **Mixed precision under a size budget** (`budget-bits=B`; see [`mixed`]): each layer the
+//! pass would quantize gets one of three levels: int4 in groups of `group` along K (default
+//! 128; a K that is not a multiple gets a shorter last group; convolutions are per output
+//! channel), int8 per output channel (`format=matmulnbits`: int8 in the same blocks, since
+//! MatMulNBits has no per-channel form), or f32 (left as it is). `method` rounds both
+//! quantized levels. The size of a level is what the size report counts: codes, f32 scales
+//! and zero points (asymmetric) and AWQ column factors; the guarantee is that the stored bits
+//! of all these layers together, divided by their weight count, are ≤ `B`, so `B` must lie in
+//! `[4, 32]` and at least at the all-int4 average (e.g. 4.25 for g128 symmetric; the error
+//! names the minimum). Allocation:
+//! 1. *Sensitivity* (HAWQ-style, measured end to end as `pare eval` would see it): for every
+//!    layer and quantized level, the relative L2 error of the model's float outputs against
+//!    the dense model when only that layer is quantized, on `search-samples` samples (the
+//!    first of the `--calib` samples; without them, generated inputs: BERT-style tokens for a
+//!    two-int64-input model, else N(0,1) floats and small integers), run in pare's
+//!    interpreter: two runs per layer per sample.
+//! 2. *Greedy*: from all int4, repeatedly the upgrade with the largest reduction of the
+//!    squared error per extra stored bit that still fits (a multiple-choice knapsack).
+//! 3. *Refinement* (`generations` × `offspring`, default 8 × 2, `generations=0` to skip):
+//!    EvoPress-style mutants of the best allocation (one layer up a level, random others down
+//!    until the budget holds), each scored by the end-to-end error of the whole mixed model,
+//!    starting from the better of the greedy allocation and all int4, so the result is never
+//!    worse than either on the samples (held out, it can be: see below).
+//!
+//! Needs: what `method` needs (`gptq`/`awq`: `--calib`; each layer is then quantized twice,
+//! at int4 and int8); with `rtn` and no `--calib` the sensitivities are measured on generated
+//! inputs, which rank layers less reliably than real data. Cost: `2 × layers + 2 +
+//! generations × offspring` interpreter runs per sample (MiniLM, 18 layers, 2 samples: 4 s
+//! in a debug build). The levels are written with the usual exports (QDQ int4/int8
+//! DequantizeLinear, or MatMulNBits), so the result runs in onnxruntime (checked on MiniLM).
+//!
+//! The report gives per layer its sensitivities and chosen level (bits per weight), and the
+//! achieved average bits, the final end-to-end error on the samples next to the greedy's and
+//! all-int4's. `budget-bits` is weight-only: `weights-only=false` or `activations=…` with it
+//! is an error, and so is `bits` other than 8 (the levels replace it). Papers: CPTQuant
+//! (Nanda et al. 2024: first and last layers are the most sensitive, which the measurement
+//! finds rather than assumes), HAWQ (Dong et al. 2019, sensitivity-ordered bit allocation),
+//! EvoPress (Sieberling et al. 2024). Measured in `passes/quantize/tests/mixed.rs`
+//! (calibrated on two samples, `budget-bits=5`, RTN; held-out relative L2 error, uniform
+//! int4 g128 → `budget-bits=5` → uniform int8): MiniLM 0.207 → 0.151 → 0.014 (4.995 bits per
+//! weight); orientation 0.745 → 0.057 → 0.038 (its first convolutions kept f32); ocr-rec
+//! 0.411 → 0.413 → 0.165: there single-layer sensitivities do not add up (its softmax
+//! saturates: all int4 is 0.53 on the calibration samples, single layers reach 0.47) and two
+//! single-image calibration samples do not carry the refinement's gain (0.531 → 0.462 on
+//! them) to held-out images.
 //!
 //! **Activations** (`weights-only=false`, the default for `bits=8` per-channel QDQ; see
 //! [`act`] and [`search`]):
@@ -79,21 +126,26 @@
 //! Quantization", §4.4 on range setting by output MSE).
 //!
 //! **Not yet.** Per-channel activation scales, dynamic convolutions (ConvInteger), int8
-//! biases, mixed precision, outlier retention, integer kernels in the backends (`pare
-//! compile` folds weight-only QDQ; it does not lower activation QuantizeLinear,
-//! DynamicQuantizeLinear or MatMulInteger).
+//! biases, mixed precision below the layer (per group or channel), outlier retention
+//! (SpQR-style sparse f32 corrections: onnxruntime has no sparse-weight MatMul kernel and
+//! densifies sparse initializers at load, so the correction would be a ScatterND of int64
+//! indices and f32 values into a dense tensor, 12 bytes per outlier, added to the weight;
+//! smaller on disk, but the Add breaks onnxruntime's DequantizeLinear→MatMul fusion and
+//! cannot follow MatMulNBits, so it would run slower than both f32 and int4; not built), integer kernels in the backends (`pare compile` folds weight-only QDQ; it
+//! does not lower activation QuantizeLinear, DynamicQuantizeLinear or MatMulInteger).
 
 pub mod act;
 pub mod awq;
 pub mod error;
 pub mod gptq;
+pub mod mixed;
 pub mod nbits;
 mod pass;
 pub mod scheme;
 pub mod search;
 
 pub use error::QuantError;
-pub use pass::{ActConfig, ActMode, Config, Format, Method, Quantize, QuantizeOptions};
+pub use pass::{ActConfig, ActMode, Budget, Config, Format, Method, Quantize, QuantizeOptions};
 
 use pare_pass::{PassInfo, Registry};
 
@@ -109,7 +161,7 @@ pub fn register(reg: &mut Registry) {
         .option(
             "group",
             "int",
-            "0 for bits=8, 128 for bits=4",
+            "0 for bits=8, 128 for bits=4 and budget-bits",
             "group length along K (0 = per output channel); convolutions are per channel",
         )
         .option(
@@ -173,6 +225,34 @@ pub fn register(reg: &mut Registry) {
             "int",
             "1024",
             "weights with fewer elements stay f32",
+        )
+        .option(
+            "budget-bits",
+            "float",
+            "none",
+            "mixed precision: at most this many stored bits per weight on average (codes, \
+             scales, zero points); per layer int4 (group, default 128), int8 per channel or \
+             f32 by measured end-to-end sensitivity; weight-only",
+        )
+        .option(
+            "generations",
+            "int",
+            "8",
+            "budget-bits: generations of the end-to-end search refining the greedy allocation \
+             (0: greedy only)",
+        )
+        .option(
+            "offspring",
+            "int",
+            "2",
+            "budget-bits: allocations scored per generation",
+        )
+        .option(
+            "search-samples",
+            "int",
+            "4",
+            "budget-bits: samples scoring sensitivities and allocations (0: all of --calib; \
+             without --calib, generated inputs)",
         ),
         |opts| Ok(Box::new(Quantize::new(opts.parse()?)?)),
     );

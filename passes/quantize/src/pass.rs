@@ -5,6 +5,7 @@ use crate::act::{select_range, ActGrid, Calibrate};
 use crate::awq::{activation_rms, awq, GRID};
 use crate::error::QuantError;
 use crate::gptq::{gptq, h_error};
+use crate::mixed;
 use crate::nbits;
 use crate::scheme::{rel_error, rtn, QuantMatrix, Scheme};
 use crate::search;
@@ -48,6 +49,18 @@ pub struct QuantizeOptions {
     pub format: String,
     /// Weights with fewer elements are left in f32.
     pub min_elements: i64,
+    /// Mixed precision: the average stored bits per weight element (codes, scales and zero
+    /// points) over the layers quantized, at most; per layer int4 (groups), int8 (per
+    /// channel) or f32, chosen by measured end-to-end sensitivity. See [`crate::mixed`].
+    pub budget_bits: Option<f64>,
+    /// `budget-bits`: generations of the end-to-end refinement of the greedy allocation (0:
+    /// greedy only).
+    pub generations: i64,
+    /// `budget-bits`: mutants scored per generation.
+    pub offspring: i64,
+    /// `budget-bits`: samples that score sensitivities and allocations (0: all calibration
+    /// samples; without `--calib`, this many generated inputs, 4 when 0).
+    pub search_samples: i64,
 }
 
 /// The default static range rule: measured best on held-out inputs of the five real models in
@@ -69,6 +82,10 @@ impl Default for QuantizeOptions {
             damp: 0.01,
             format: "qdq".into(),
             min_elements: 1024,
+            budget_bits: None,
+            generations: 8,
+            offspring: 2,
+            search_samples: 4,
         }
     }
 }
@@ -141,7 +158,26 @@ pub struct Config {
     pub min_elements: usize,
     /// Activation quantization; `None` = weights only.
     pub activations: Option<ActConfig>,
+    /// Mixed precision under a size budget; `None` = every layer at `scheme`. When set,
+    /// `scheme` is the cheapest level (4 bits, `group`).
+    pub budget: Option<Budget>,
 }
+
+/// `budget-bits` settings (validated).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Budget {
+    /// Largest average stored bits per quantized weight element.
+    pub bits: f64,
+    /// Refinement generations (0: greedy only).
+    pub generations: usize,
+    /// Mutants per generation.
+    pub offspring: usize,
+    /// Samples scoring sensitivities and candidates (0: all calibration samples).
+    pub samples: usize,
+}
+
+/// Lowest and highest `budget-bits`: every layer int4 (codes alone), every layer f32.
+const BUDGET_RANGE: (f64, f64) = (4.0, 32.0);
 
 fn opt_err(message: impl Into<String>) -> PassError {
     PassError::Options {
@@ -153,10 +189,15 @@ fn opt_err(message: impl Into<String>) -> PassError {
 impl QuantizeOptions {
     /// Checks the options.
     pub fn config(&self) -> Result<Config, PassError> {
-        let bits = match self.bits {
+        let mut bits = match self.bits {
             4 | 8 => self.bits as u32,
             b => return Err(opt_err(format!("bits must be 8 or 4, not {b}"))),
         };
+        let budget = self.budget()?;
+        if budget.is_some() {
+            // The cheapest level; int8 and f32 are the others.
+            bits = 4;
+        }
         let group = self.group.unwrap_or(if bits == 4 { 128 } else { 0 });
         let group = usize::try_from(group).map_err(|_| {
             opt_err(format!(
@@ -203,7 +244,44 @@ impl QuantizeOptions {
             format,
             damp: self.damp,
             min_elements: usize::try_from(self.min_elements.max(0)).unwrap_or(0),
+            budget,
         })
+    }
+
+    /// Validates `budget-bits` and the options that go with it.
+    fn budget(&self) -> Result<Option<Budget>, PassError> {
+        let Some(b) = self.budget_bits else {
+            return Ok(None);
+        };
+        let (lo, hi) = BUDGET_RANGE;
+        if !(b.is_finite() && (lo..=hi).contains(&b)) {
+            return Err(opt_err(format!(
+                "budget-bits must be between {lo} (every layer int4, before its scales) and \
+                 {hi} (every layer f32), not {b}"
+            )));
+        }
+        if self.bits != 8 {
+            return Err(opt_err(format!(
+                "budget-bits chooses the bits of each layer (int4, int8 or f32); leave out \
+                 bits={}",
+                self.bits
+            )));
+        }
+        if self.weights_only == Some(false) || self.activations != "auto" {
+            return Err(opt_err(
+                "budget-bits is weight-only mixed precision: it cannot be combined with \
+                 weights-only=false or activations=static|dynamic",
+            ));
+        }
+        let count = |name: &str, v: i64| {
+            usize::try_from(v).map_err(|_| opt_err(format!("{name} must be ≥ 0, not {v}")))
+        };
+        Ok(Some(Budget {
+            bits: b,
+            generations: count("generations", self.generations)?,
+            offspring: count("offspring", self.offspring)?,
+            samples: count("search-samples", self.search_samples)?,
+        }))
     }
 }
 
@@ -444,9 +522,18 @@ struct Done {
 }
 
 impl Quantize {
-    /// Quantizes a target's weight with the configured method.
+    /// Quantizes a target's weight with the configured method and grid.
     fn quantize(&self, t: &Target, stats: Option<&CalibStats>) -> Result<Done, String> {
-        let mut s = self.cfg.scheme;
+        self.quantize_with(t, stats, self.cfg.scheme)
+    }
+
+    /// Quantizes a target's weight with the configured method on grid `s`.
+    fn quantize_with(
+        &self,
+        t: &Target,
+        stats: Option<&CalibStats>,
+        mut s: Scheme,
+    ) -> Result<Done, String> {
         let mut detail = String::new();
         let groups = match t.layout {
             Layout::Conv { groups } => {
@@ -1075,6 +1162,11 @@ impl Pass for Quantize {
             _ => HashMap::new(),
         };
         let mut report = PassReport::unchanged();
+        // budget-bits: every layer's level (and its quantized weight) chosen up front.
+        let mut plan = match cfg.budget {
+            Some(b) => Some(self.plan_budget(g, cx, stats.as_deref(), &order, &b, &mut report)?),
+            None => None,
+        };
         let mut quantized = 0u64;
         let mut in_subgraphs = 0usize;
         // Static: the quantized nodes whose activation (operand 0) gets Q/DQ, in order.
@@ -1100,9 +1192,21 @@ impl Pass for Quantize {
             let name = label(g, node);
             let op = g.node(node).op.name().to_string();
             let shared = g.uses(t.weight).len() > 1;
-            let done = self
-                .quantize(&t, stats.as_deref())
-                .map_err(|m| PassError::at_node(NAME, g, node, m))?;
+            let planned = plan.as_mut().and_then(|p| p.remove(&node));
+            let done = match planned {
+                Some(Some(d)) => d,
+                Some(None) => {
+                    report.add_stat("layers-kept-f32", 1);
+                    report.note(format!(
+                        "'{name}' ({op}, N={} K={}): kept f32 by budget-bits",
+                        t.n, t.k
+                    ));
+                    continue;
+                }
+                None => self
+                    .quantize(&t, stats.as_deref())
+                    .map_err(|m| PassError::at_node(NAME, g, node, m))?,
+            };
             let mut detail = done.detail;
             let mut format = "qdq";
             let linear = matches!(t.layout, Layout::Kn | Layout::Nk);
@@ -1343,5 +1447,277 @@ impl Quantize {
             ));
         }
         Ok(count)
+    }
+}
+
+/// One layer of a `budget-bits` plan: the weight at each quantized level.
+struct Candidate {
+    node: NodeId,
+    name: String,
+    op: String,
+    n: usize,
+    k: usize,
+    /// int4 (groups) and int8 (per channel): the quantized weight and its dequantized copy
+    /// in the stored layout (what the graph computes).
+    levels: Vec<(Done, Tensor)>,
+}
+
+/// The dequantized weight of `q` in `t`'s stored layout, as f32 (as DequantizeLinear gives it).
+fn stored_dequantized(t: &Target, q: &QuantMatrix) -> Tensor {
+    let d = q.dequantize();
+    let (n, k) = (t.n, t.k);
+    let v: Vec<f32> = match t.layout {
+        Layout::Kn => {
+            let mut v = vec![0f32; n * k];
+            for nn in 0..n {
+                for kk in 0..k {
+                    v[kk * n + nn] = d[nn * k + kk] as f32;
+                }
+            }
+            v
+        }
+        _ => d.iter().map(|&x| x as f32).collect(),
+    };
+    Tensor::from_vec(t.shape.clone(), v)
+}
+
+/// Names a level of a `budget-bits` plan.
+fn level_text(s: Option<&Scheme>) -> String {
+    match s {
+        Some(s) => format!("int{} {}", s.bits, group_text(s)),
+        None => "f32".into(),
+    }
+}
+
+impl Quantize {
+    /// `budget-bits`: measures every layer's end-to-end sensitivity at int4 and int8, allocates
+    /// levels under the budget ([`mixed::greedy`], then [`mixed::evolve`]) and returns, per
+    /// layer, its quantized weight (`None`: kept f32). Notes go to `report`.
+    fn plan_budget(
+        &self,
+        g: &Graph,
+        cx: &PassContext,
+        stats: Option<&CalibStats>,
+        order: &[NodeId],
+        b: &Budget,
+        report: &mut PassReport,
+    ) -> Result<HashMap<NodeId, Option<Done>>, PassError> {
+        let fail = |m: String| PassError::failed(NAME, format!("budget-bits: {m}"));
+        let low = self.cfg.scheme;
+        let high = Scheme {
+            bits: 8,
+            // MatMulNBits has no per-channel form: int8 uses the same blocks there.
+            group: if self.cfg.format == Format::MatMulNBits {
+                low.group
+            } else {
+                0
+            },
+            symmetric: low.symmetric,
+        };
+        let mut cands: Vec<Candidate> = Vec::new();
+        for &node in order {
+            if !g.node(node).op.subgraphs().is_empty() {
+                continue;
+            }
+            let Ok(Some(t)) = target(g, node, self.cfg.min_elements) else {
+                continue;
+            };
+            let mut levels = Vec::with_capacity(2);
+            for s in [low, high] {
+                let d = self
+                    .quantize_with(&t, stats, s)
+                    .map_err(|m| PassError::at_node(NAME, g, node, m))?;
+                let w = stored_dequantized(&t, &d.q);
+                levels.push((d, w));
+            }
+            cands.push(Candidate {
+                node,
+                name: label(g, node),
+                op: g.node(node).op.name().to_string(),
+                n: t.n,
+                k: t.k,
+                levels,
+            });
+        }
+        if cands.is_empty() {
+            return Ok(HashMap::new());
+        }
+        // Sizes; the budget.
+        let elements: usize = cands.iter().map(|c| c.n * c.k).sum();
+        let budget = b.bits * elements as f64;
+        let sizes: Vec<[f64; 3]> = cands
+            .iter()
+            .map(|c| {
+                [
+                    8.0 * c.levels[0].0.q.stored_bytes() as f64,
+                    8.0 * c.levels[1].0.q.stored_bytes() as f64,
+                    32.0 * (c.n * c.k) as f64,
+                ]
+            })
+            .collect();
+        let least: f64 = sizes.iter().map(|s| s[0]).sum();
+        if least > budget {
+            return Err(opt_err(format!(
+                "budget-bits={} is below {:.4}, the average bits per weight with every layer at \
+                 int4 {} (codes{} and f32 scales of {} weights in {} layers); raise budget-bits \
+                 or group",
+                b.bits,
+                least / elements as f64,
+                group_text(&low),
+                if low.symmetric { "" } else { ", zero points" },
+                elements,
+                cands.len()
+            )));
+        }
+        // Samples and the dense reference.
+        let interp = cx.interpreter();
+        let (inputs, source): (Vec<Vec<Tensor>>, String) = match cx.samples() {
+            Some(set) if !set.is_empty() => {
+                let n = if b.samples == 0 {
+                    set.len()
+                } else {
+                    b.samples.min(set.len())
+                };
+                let xs = set.samples[..n].iter().map(|s| s.inputs.clone()).collect();
+                let s = if n == 1 { "" } else { "s" };
+                (xs, format!("{n} calibration sample{s}"))
+            }
+            _ => {
+                let n = if b.samples == 0 { 4 } else { b.samples };
+                let xs = mixed::generated_inputs(g, n, cx.seed() ^ 0x6d69_7865_6462_6974).map_err(
+                    |m| {
+                        fail(format!(
+                            "cannot generate inputs ({m}); give calibration samples with --calib"
+                        ))
+                    },
+                )?;
+                let s = if n == 1 { "" } else { "s" };
+                (xs, format!("{n} generated input{s} (no --calib)"))
+            }
+        };
+        let reference: Vec<Vec<Vec<f64>>> = inputs
+            .iter()
+            .map(|x| interp.run(g, x).map(|o| mixed::float_outputs(&o)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(format!("the dense model on the samples: {e}")))?;
+        let total_runs = 2 * cands.len() + 2 + b.generations * b.offspring;
+        let pb = cx.progress_bar(total_runs as u64, "budget-bits");
+        // Squared relative end-to-end error with layer i at level choice[i] (2 = f32).
+        let mut scored = 0usize;
+        let mut eval = |choice: &[usize]| -> Result<f64, PassError> {
+            pb.inc(1);
+            scored += 1;
+            let mut cg = g.clone();
+            for (i, c) in cands.iter().enumerate() {
+                if let Some((_, w)) = c.levels.get(choice[i]) {
+                    let v = cg.add_const(format!("budget_probe_{i}"), w.clone());
+                    cg.set_operand(c.node, 1, Some(v));
+                }
+            }
+            mixed::output_error(&interp, &cg, &inputs, &reference).map_err(fail)
+        };
+        // Sensitivities: one layer at a time.
+        let mut levels: Vec<Vec<mixed::Level>> = Vec::with_capacity(cands.len());
+        for i in 0..cands.len() {
+            let mut ls = Vec::with_capacity(3);
+            for (l, &bits) in sizes[i].iter().enumerate() {
+                let err = if l < 2 {
+                    let mut choice = vec![2usize; cands.len()];
+                    choice[i] = l;
+                    eval(&choice)?
+                } else {
+                    0.0
+                };
+                ls.push(mixed::Level { bits, err });
+            }
+            levels.push(ls);
+        }
+        let start = mixed::greedy(&levels, budget).map_err(|least| {
+            fail(format!(
+                "the cheapest allocation needs {least} bits, over the budget of {budget}"
+            ))
+        })?;
+        // The refinement starts from the better of the greedy allocation and all int4 (the
+        // greedy trusts additive errors, which saturating outputs break), so the result is
+        // never worse than either on the samples.
+        let all_low = eval(&vec![0usize; cands.len()])?;
+        let greedy_err = eval(&start)?;
+        let (start, start_err) = if all_low < greedy_err {
+            (vec![0usize; cands.len()], all_low)
+        } else {
+            (start, greedy_err)
+        };
+        let found = mixed::evolve(
+            &levels,
+            start,
+            start_err,
+            budget,
+            mixed::Settings {
+                generations: if b.offspring == 0 { 0 } else { b.generations },
+                offspring: b.offspring,
+                seed: cx.seed() ^ 0x0b17_b0d6_e7b1_75ee,
+            },
+            &mut eval,
+        )?;
+        pb.finish_and_clear();
+        let choice = found.choice;
+        let achieved = mixed::total_bits(&levels, &choice);
+        let rel = |e: f64| e.max(0.0).sqrt();
+        let mut counts = [0usize; 3];
+        for (i, c) in cands.iter().enumerate() {
+            let l = choice[i];
+            counts[l.min(2)] += 1;
+            report.note(format!(
+                "budget-bits: '{}' ({}, N={} K={}): sensitivity (end-to-end relative error, \
+                 only this layer quantized) int4 {:.3e}, int8 {:.3e} → {} ({:.3} bits per weight)",
+                c.name,
+                c.op,
+                c.n,
+                c.k,
+                rel(levels[i][0].err),
+                rel(levels[i][1].err),
+                level_text(c.levels.get(l).map(|(d, _)| &d.q.scheme)),
+                levels[i][l.min(2)].bits / (c.n * c.k) as f64,
+            ));
+        }
+        report.note(format!(
+            "budget-bits={}: {} layers → {} int4 {}{}, {} int8 {}, {} f32; average {:.4} bits \
+             per weight over {} weights ({} bytes); end-to-end relative error on {source}: \
+             {:.3e} (greedy allocation {:.3e}, every layer int4 {:.3e}; {} allocations scored)",
+            b.bits,
+            cands.len(),
+            counts[0],
+            group_text(&low),
+            if cands.iter().any(|c| c.op == "Conv") {
+                " (convolutions per channel)"
+            } else {
+                ""
+            },
+            counts[1],
+            group_text(&high),
+            counts[2],
+            achieved / elements as f64,
+            elements,
+            (achieved / 8.0).ceil() as u64,
+            rel(found.fitness),
+            rel(greedy_err),
+            rel(all_low),
+            scored,
+        ));
+        report.add_stat("layers-int4", counts[0] as u64);
+        report.add_stat("layers-int8", counts[1] as u64);
+        let mut plan = HashMap::with_capacity(cands.len());
+        for (c, l) in cands.into_iter().zip(choice) {
+            let mut levels = c.levels;
+            let done = if l < levels.len() {
+                let (mut d, _) = levels.swap_remove(l);
+                d.detail.insert_str(0, "chosen by budget-bits; ");
+                Some(d)
+            } else {
+                None
+            };
+            plan.insert(c.node, done);
+        }
+        Ok(plan)
     }
 }
