@@ -7,6 +7,7 @@ mod inputs;
 mod inspect;
 mod opt;
 mod run;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

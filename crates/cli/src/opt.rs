@@ -58,6 +58,8 @@ pub struct OptArgs {
     /// shapes of the first calibration sample are used when --calib is given.
     #[arg(long, value_delimiter = ',')]
     shape: Vec<String>,
+    #[command(flatten)]
+    sweep: crate::sweep::SweepArgs,
 }
 
 #[derive(Serialize)]
@@ -165,29 +167,37 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `pare opt`.
-pub fn opt(a: &OptArgs) -> Result<()> {
-    let registry = pare_passes::registry();
-    // Check the pipeline before loading a possibly large model.
-    registry.check(&a.passes)?;
-    let model = crate::load(&a.model)?;
-    let mut g = model.graph;
+/// The calibration samples of `dirs` (None when there are none).
+fn load_samples(g: &pare_ir::Graph, dirs: &[PathBuf]) -> Result<Option<SampleSet>> {
+    if dirs.is_empty() {
+        return Ok(None);
+    }
+    let mut set = SampleSet {
+        input_names: Vec::new(),
+        samples: Vec::new(),
+    };
+    for d in dirs {
+        let s = SampleSet::load(g, d)?;
+        set.input_names = s.input_names;
+        set.samples.extend(s.samples);
+    }
+    Ok(Some(set))
+}
+
+/// Runs `pipeline` on `g` with the options of `a`.
+fn run_pipeline(
+    a: &OptArgs,
+    registry: &pare_pass::Registry,
+    pipeline: &str,
+    g: &mut pare_ir::Graph,
+    samples: Option<&SampleSet>,
+) -> Result<PipelineReport> {
     let progress = std::io::stderr().is_terminal();
     let mut cx = PassContext::new()
         .with_threads(a.threads)
         .with_progress(progress);
-    if !a.calib.is_empty() {
-        let mut set = SampleSet {
-            input_names: Vec::new(),
-            samples: Vec::new(),
-        };
-        for d in &a.calib {
-            let s = SampleSet::load(&g, d)?;
-            set.input_names = s.input_names;
-            set.samples.extend(s.samples);
-        }
-        eprintln!("calibration: {} samples", set.len());
-        cx = cx.with_samples(set);
+    if let Some(s) = samples {
+        cx = cx.with_samples(s.clone());
     }
     let mut bindings = crate::inspect::parse_bindings(&a.shape)?;
     if a.shape.is_empty() {
@@ -204,7 +214,7 @@ pub fn opt(a: &OptArgs) -> Result<()> {
             Err(_) => GraphStats::of(g),
         }
     }));
-    let steps = registry.build(&a.passes)?;
+    let steps = registry.build(pipeline)?;
     let instr = Instrumentation {
         verify_each: a.verify_each,
         print_before: a.print_ir_before.clone(),
@@ -218,16 +228,32 @@ pub fn opt(a: &OptArgs) -> Result<()> {
         measure: Some(measure),
         ..Instrumentation::default()
     };
-    let mut pm = PassManager::new(&a.passes, steps, instr);
-    let report = pm
-        .run(&mut g, &mut cx)
-        .with_context(|| format!("running '{}' on {}", a.passes, a.model.display()))?;
+    let mut pm = PassManager::new(pipeline, steps, instr);
+    pm.run(g, &mut cx)
+        .with_context(|| format!("running '{pipeline}' on {}", a.model.display()))
+}
+
+/// Runs `pare opt`.
+pub fn opt(a: &OptArgs) -> Result<()> {
+    let registry = pare_passes::registry();
     if a.output.is_dir() {
         bail!(
             "{}: is a directory; give an output .onnx file",
             a.output.display()
         );
     }
+    if let Some(rules) = a.sweep.rules(&a.passes)? {
+        return sweep(a, &registry, &rules);
+    }
+    // Check the pipeline before loading a possibly large model.
+    registry.check(&a.passes)?;
+    let model = crate::load(&a.model)?;
+    let mut g = model.graph;
+    let samples = load_samples(&g, &a.calib)?;
+    if let Some(s) = &samples {
+        eprintln!("calibration: {} samples", s.len());
+    }
+    let report = run_pipeline(a, &registry, &a.passes, &mut g, samples.as_ref())?;
     pare_onnx::save_model(&g, &a.output, &pare_onnx::ExportOptions::default())?;
     eprintln!(
         "pare opt: {} → {} ({}) in {:.1} ms",
@@ -260,6 +286,152 @@ pub fn opt(a: &OptArgs) -> Result<()> {
         write_atomic(p, &markdown(&a.model, &a.output, &report))?;
         eprintln!("  report: {}", p.display());
     }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct SweepReport<'a> {
+    model: String,
+    key: &'a str,
+    eval_samples: usize,
+    eval_is_calibration: bool,
+    input_model: &'a GraphStats,
+    max_drop: Option<f64>,
+    budget: Option<(crate::sweep::Metric, f64)>,
+    chosen: Option<&'a str>,
+    results: &'a [crate::sweep::Point],
+}
+
+/// `pare opt --sweep`: one pipeline run per value, measured; -o gets the chosen result.
+fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rules) -> Result<()> {
+    use crate::sweep::{choose, loss_of, svg, table, Judge, Point};
+    let holder = format!("{{{}}}", rules.key);
+    let pipelines: Vec<String> = rules
+        .values
+        .iter()
+        .map(|v| a.passes.replace(&holder, v))
+        .collect();
+    for p in &pipelines {
+        registry
+            .check(p)
+            .with_context(|| format!("--sweep: the pipeline '{p}'"))?;
+    }
+    let model = crate::load(&a.model)?;
+    let g0 = model.graph;
+    let samples = load_samples(&g0, &a.calib)?;
+    let eval = load_samples(&g0, &a.sweep.eval)?;
+    let eval_is_calibration = eval.is_none();
+    let eval = match eval.or_else(|| samples.clone()) {
+        Some(e) => e,
+        None => bail!("--sweep measures fidelity on samples: give --eval DIR (or --calib DIR)"),
+    };
+    if eval_is_calibration {
+        eprintln!(
+            "note: no --eval given; fidelity is measured on the {} calibration samples, which \
+             flatters calibrated passes",
+            eval.len()
+        );
+    }
+    let judge = Judge::new(&g0, eval.clone(), a.threads)?;
+    let mut dense_stats = None;
+    let mut points = Vec::new();
+    let mut graphs = Vec::new();
+    for (v, p) in rules.values.iter().zip(&pipelines) {
+        let mut g = g0.clone();
+        let report = run_pipeline(a, registry, p, &mut g, samples.as_ref())?;
+        dense_stats.get_or_insert(report.before.clone());
+        let f = judge
+            .judge(&g)
+            .with_context(|| format!("evaluating {}={v}", rules.key))?;
+        let top1 = f
+            .outputs
+            .iter()
+            .filter_map(|o| o.top1_agreement)
+            .reduce(f64::min);
+        let pt = Point {
+            value: v.clone(),
+            pipeline: p.clone(),
+            weight_bytes: report.after.weight_bytes,
+            params: report.after.params,
+            flops: report.after.flops,
+            loss: loss_of(&f),
+            cosine_mean: f.outputs.iter().map(|o| o.cosine_mean).fold(1.0, f64::min),
+            max_rel_err: f.max_rel_err(),
+            top1,
+            feasible: false,
+        };
+        eprintln!(
+            "  {}={v}: weights {:.2} MB, loss {:.4}",
+            rules.key,
+            pt.weight_bytes as f64 / 1e6,
+            pt.loss
+        );
+        points.push(pt);
+        graphs.push(g);
+    }
+    let dense = dense_stats.unwrap_or_default();
+    let chosen = choose(&mut points, rules, &dense);
+    eprintln!(
+        "pare opt --sweep {}: {} (input model: {:.2} MB, {:.3} GFLOP; fidelity on {} samples{})",
+        rules.key,
+        a.passes,
+        dense.weight_bytes as f64 / 1e6,
+        dense.flops as f64 / 1e9,
+        eval.len(),
+        if eval_is_calibration {
+            ", the calibration set"
+        } else {
+            ""
+        }
+    );
+    eprint!("{}", table(&points, &rules.key, &dense, chosen));
+    let title = format!(
+        "{}: {}",
+        a.model.file_name().map_or_else(
+            || a.model.display().to_string(),
+            |f| f.to_string_lossy().into()
+        ),
+        a.passes
+    );
+    let report = SweepReport {
+        model: a.model.display().to_string(),
+        key: &rules.key,
+        eval_samples: eval.len(),
+        eval_is_calibration,
+        input_model: &dense,
+        max_drop: rules.max_drop,
+        budget: rules.budget,
+        chosen: chosen.map(|i| points[i].value.as_str()),
+        results: &points,
+    };
+    if let Some(p) = &a.sweep.sweep_json {
+        write_atomic(p, &serde_json::to_string_pretty(&report)?)?;
+        eprintln!("  table: {}", p.display());
+    }
+    if let Some(p) = &a.sweep.sweep_svg {
+        write_atomic(p, &svg(&points, &rules.key, &dense, &title))?;
+        eprintln!("  plot: {}", p.display());
+    }
+    let Some(i) = chosen else {
+        bail!(
+            "no {} value meets{}{}; nothing written to {}",
+            rules.key,
+            rules
+                .max_drop
+                .map_or(String::new(), |d| format!(" --max-drop {d}")),
+            rules
+                .budget
+                .map_or(String::new(), |(m, f)| format!(" --budget {m:?}={f}")),
+            a.output.display()
+        );
+    };
+    pare_onnx::save_model(&graphs[i], &a.output, &pare_onnx::ExportOptions::default())?;
+    eprintln!(
+        "pare opt: {} → {} ({})",
+        a.model.display(),
+        a.output.display(),
+        points[i].pipeline
+    );
     Ok(())
 }
 

@@ -333,3 +333,84 @@ fn matmulnbits_models_load_back() {
     assert!(text(&o).contains("MatMulNBits"), "{}", text(&o));
     assert!(!exe.exists());
 }
+
+#[test]
+fn opt_sweep_measures_each_value_and_keeps_the_strongest_within_max_drop() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model("ocr-cls");
+    let fx = repo_root().join("tests/models/ocr-cls");
+    let out = dir.path().join("q.onnx");
+    let json = dir.path().join("sweep.json");
+    let svg = dir.path().join("sweep.svg");
+    let s = |p: &PathBuf| p.display().to_string();
+    let run = |drop: &str, budget: &str| {
+        pare(&[
+            "opt",
+            &s(&m),
+            "--passes",
+            "canonicalize,quantize(bits={bits},weights-only=true,min-elements=0),canonicalize",
+            "--sweep",
+            "bits=8,4",
+            "--calib",
+            &s(&fx.join("test_data_set_0")),
+            "--eval",
+            &s(&fx.join("test_data_set_2")),
+            "--max-drop",
+            drop,
+            "--budget",
+            budget,
+            "-o",
+            &s(&out),
+            "--sweep-json",
+            &s(&json),
+            "--sweep-svg",
+            &s(&svg),
+        ])
+    };
+    let o = run("1%", "size=0.5");
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    let res = r["results"].as_array().expect("results");
+    assert_eq!(res.len(), 2);
+    // int4 is smaller than int8 (the trailing canonicalize keeps quantized weights quantized),
+    // and both are smaller than the input model.
+    let bytes = |i: usize| res[i]["weight_bytes"].as_u64().expect("bytes");
+    let dense = r["input_model"]["weight_bytes"].as_u64().expect("dense");
+    assert!(bytes(1) < bytes(0) && bytes(0) * 3 < dense, "{r}");
+    // The chosen value meets the bound; -o holds it.
+    let chosen = r["chosen"].as_str().expect("chosen");
+    let pick = res
+        .iter()
+        .find(|p| p["value"] == chosen)
+        .expect("chosen point");
+    assert!(pick["loss"].as_f64().expect("loss") <= 0.01, "{r}");
+    assert!(
+        out.is_file()
+            && std::fs::read_to_string(&svg)
+                .expect("svg")
+                .contains("bits=8")
+    );
+    // An impossible budget writes nothing and says why.
+    std::fs::remove_file(&out).expect("rm");
+    let o = run("1%", "size=0.01");
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("nothing written") && !out.exists(), "{t}");
+    // Without a placeholder the sweep is refused before any work.
+    let o = pare(&[
+        "opt",
+        &s(&m),
+        "--passes",
+        "quantize(bits=8)",
+        "--sweep",
+        "bits=8,4",
+        "-o",
+        &s(&out),
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("{bits}"),
+        "{}",
+        text(&o)
+    );
+}

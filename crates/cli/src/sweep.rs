@@ -1,0 +1,497 @@
+//! `pare opt --sweep`: run a pipeline once per value of a parameter, measure each result
+//! (size, parameters, FLOPs, fidelity against the input model on held-out inputs), write the
+//! table as JSON and SVG, and keep the strongest compression that meets `--max-drop` and
+//! `--budget`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use pare_pass::fidelity::Fidelity;
+use pare_pass::{GraphStats, SampleSet};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// The sweep and selection options of `pare opt`.
+#[derive(Args, Clone, Default)]
+pub struct SweepArgs {
+    /// Run the pipeline once per value: `KEY=V1,V2,...` substitutes each value for `{KEY}` in
+    /// --passes, e.g. `--passes 'quantize(bits={bits})' --sweep bits=8,6,4,3` or
+    /// `--passes 'prune-channels(ratio={r})' --sweep r=0.1,0.2,0.3`. Each result is measured
+    /// (weight bytes, params, FLOPs, fidelity against the input model); -o receives the one
+    /// --max-drop/--budget select (without them: the smallest).
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub sweep: Option<String>,
+    /// Inputs the fidelity is measured on (same forms as --calib; repeatable). Without it the
+    /// calibration samples are used, which flatters the result (a note says so).
+    #[arg(long, value_name = "DIR")]
+    pub eval: Vec<PathBuf>,
+    /// Keep only results whose fidelity loss is at most this (`1%` or `0.01`). The loss of a
+    /// result is 1 − the lowest, over outputs, of top-1 agreement for classifier-like outputs
+    /// and mean cosine similarity for the others. Among those, -o gets the smallest.
+    #[arg(long, value_name = "LOSS")]
+    pub max_drop: Option<String>,
+    /// Keep only results within a budget relative to the input model: `size=0.5` (weight
+    /// bytes), `params=0.5` or `flops=0.7`. Without --max-drop, -o gets the most faithful of
+    /// those; with it, the smallest that meets both.
+    #[arg(long, value_name = "METRIC=FRACTION")]
+    pub budget: Option<String>,
+    /// Write the sweep table as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub sweep_json: Option<PathBuf>,
+    /// Write the fidelity-vs-size plot as SVG.
+    #[arg(long, value_name = "FILE")]
+    pub sweep_svg: Option<PathBuf>,
+}
+
+/// What a budget limits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metric {
+    /// Bytes of constants.
+    Size,
+    /// Weight elements.
+    Params,
+    /// FLOPs (static shapes).
+    Flops,
+}
+
+impl Metric {
+    fn of(self, s: &GraphStats) -> f64 {
+        match self {
+            Metric::Size => s.weight_bytes as f64,
+            Metric::Params => s.params as f64,
+            Metric::Flops => s.flops as f64,
+        }
+    }
+}
+
+/// The parsed selection rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    /// The substituted key and its values.
+    pub key: String,
+    /// Values, in the order given.
+    pub values: Vec<String>,
+    /// Largest allowed fidelity loss.
+    pub max_drop: Option<f64>,
+    /// Budget metric and fraction of the input model's.
+    pub budget: Option<(Metric, f64)>,
+}
+
+/// Parses `1%`, `0.01`.
+fn parse_loss(s: &str) -> Result<f64> {
+    let t = s.trim();
+    let v = if let Some(p) = t.strip_suffix('%') {
+        p.trim().parse::<f64>().map(|x| x / 100.0)
+    } else {
+        t.parse::<f64>()
+    }
+    .with_context(|| format!("--max-drop {s}: expected a fraction (0.01) or a percentage (1%)"))?;
+    if !(0.0..=1.0).contains(&v) {
+        bail!("--max-drop {s}: must be between 0 and 1 (0% and 100%)");
+    }
+    Ok(v)
+}
+
+impl SweepArgs {
+    /// Checks the flags against the pipeline; `None` when no sweep was asked for.
+    pub fn rules(&self, pipeline: &str) -> Result<Option<Rules>> {
+        let Some(sweep) = &self.sweep else {
+            if self.max_drop.is_some() || self.budget.is_some() {
+                bail!(
+                    "--max-drop and --budget choose among the results of --sweep: add e.g. \
+                     --sweep r=0.1,0.2,0.3 and write {{r}} where the value goes in --passes"
+                );
+            }
+            if self.sweep_json.is_some() || self.sweep_svg.is_some() || !self.eval.is_empty() {
+                bail!("--sweep-json, --sweep-svg and --eval need --sweep");
+            }
+            return Ok(None);
+        };
+        let Some((key, vals)) = sweep.split_once('=') else {
+            bail!("--sweep {sweep}: expected KEY=V1,V2,... (e.g. bits=8,6,4)");
+        };
+        let key = key.trim().to_string();
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bail!("--sweep {sweep}: the key must be a name like bits or ratio");
+        }
+        let values: Vec<String> = vals
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect();
+        if values.is_empty() {
+            bail!("--sweep {sweep}: no values");
+        }
+        let holder = format!("{{{key}}}");
+        if !pipeline.contains(&holder) {
+            bail!(
+                "--sweep {key}=...: --passes '{pipeline}' has no {holder} to substitute; write it \
+                 where the value goes, e.g. 'quantize(bits={holder})'"
+            );
+        }
+        let max_drop = self.max_drop.as_deref().map(parse_loss).transpose()?;
+        let budget = match &self.budget {
+            None => None,
+            Some(b) => {
+                let Some((m, f)) = b.split_once('=') else {
+                    bail!("--budget {b}: expected size=F, params=F or flops=F");
+                };
+                let metric = match m.trim() {
+                    "size" => Metric::Size,
+                    "params" => Metric::Params,
+                    "flops" => Metric::Flops,
+                    other => bail!("--budget {b}: unknown metric '{other}' (size, params, flops)"),
+                };
+                let f: f64 = f
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|x: &f64| *x > 0.0 && x.is_finite())
+                    .with_context(|| format!("--budget {b}: the fraction must be > 0"))?;
+                Some((metric, f))
+            }
+        };
+        Ok(Some(Rules {
+            key,
+            values,
+            max_drop,
+            budget,
+        }))
+    }
+}
+
+/// One measured result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Point {
+    /// The substituted value.
+    pub value: String,
+    /// The pipeline run.
+    pub pipeline: String,
+    /// Bytes of constants.
+    pub weight_bytes: u64,
+    /// Weight elements.
+    pub params: u64,
+    /// FLOPs.
+    pub flops: u64,
+    /// 1 − fidelity (see --max-drop).
+    pub loss: f64,
+    /// Lowest mean cosine over outputs.
+    pub cosine_mean: f64,
+    /// Worst relative error over outputs.
+    pub max_rel_err: f64,
+    /// Lowest top-1 agreement over classifier-like outputs.
+    pub top1: Option<f64>,
+    /// Meets --max-drop and --budget.
+    pub feasible: bool,
+}
+
+/// Fidelity loss: 1 − the lowest per-output score (top-1 agreement for classifier-like
+/// outputs, mean cosine otherwise).
+pub fn loss_of(f: &Fidelity) -> f64 {
+    let score = f
+        .outputs
+        .iter()
+        .map(|o| o.top1_agreement.unwrap_or(o.cosine_mean))
+        .fold(1.0f64, f64::min);
+    if score.is_nan() {
+        1.0
+    } else {
+        1.0 - score
+    }
+}
+
+/// Marks feasibility and returns the index of the chosen point, if any.
+pub fn choose(points: &mut [Point], rules: &Rules, dense: &GraphStats) -> Option<usize> {
+    let metric = rules.budget.map_or(Metric::Size, |(m, _)| m);
+    let stats = |p: &Point| GraphStats {
+        params: p.params,
+        weight_bytes: p.weight_bytes,
+        flops: p.flops,
+        ..GraphStats::default()
+    };
+    for p in points.iter_mut() {
+        let drop_ok = rules.max_drop.is_none_or(|d| p.loss <= d);
+        let budget_ok = rules
+            .budget
+            .is_none_or(|(m, f)| m.of(&stats(p)) <= f * m.of(dense));
+        p.feasible = drop_ok && budget_ok;
+    }
+    let feasible = points.iter().enumerate().filter(|(_, p)| p.feasible);
+    if rules.max_drop.is_some() || rules.budget.is_none() {
+        // The strongest compression: the smallest by the budget metric (ties: lower loss).
+        feasible
+            .min_by(|(_, a), (_, b)| {
+                metric
+                    .of(&stats(a))
+                    .total_cmp(&metric.of(&stats(b)))
+                    .then(a.loss.total_cmp(&b.loss))
+            })
+            .map(|(i, _)| i)
+    } else {
+        feasible
+            .min_by(|(_, a), (_, b)| a.loss.total_cmp(&b.loss))
+            .map(|(i, _)| i)
+    }
+}
+
+/// Reference outputs of the input model, computed once.
+pub struct Judge {
+    names: Vec<String>,
+    samples: SampleSet,
+    reference: Vec<Vec<pare_ir::Tensor>>,
+    interp: pare_interp::Interpreter,
+}
+
+impl Judge {
+    /// Runs `g` on the evaluation samples.
+    pub fn new(g: &pare_ir::Graph, samples: SampleSet, threads: usize) -> Result<Judge> {
+        if samples.samples.is_empty() {
+            bail!("no evaluation samples: give --eval DIR (or --calib DIR)");
+        }
+        let interp = pare_interp::Interpreter::with_threads(threads);
+        let mut reference = Vec::new();
+        for s in &samples.samples {
+            reference.push(
+                interp
+                    .run(g, &s.inputs)
+                    .with_context(|| format!("input model on {}", s.origin.display()))?,
+            );
+        }
+        let names = g
+            .outputs()
+            .iter()
+            .map(|&v| g.value(v).name.clone())
+            .collect();
+        Ok(Judge {
+            names,
+            samples,
+            reference,
+            interp,
+        })
+    }
+
+    /// Fidelity of `g` against the input model.
+    pub fn judge(&self, g: &pare_ir::Graph) -> Result<Fidelity> {
+        let mut f = Fidelity::new(&self.names);
+        for (s, r) in self.samples.samples.iter().zip(&self.reference) {
+            let out = self
+                .interp
+                .run(g, &s.inputs)
+                .with_context(|| format!("result on {}", s.origin.display()))?;
+            f.add(r, &out)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("comparing on {}", s.origin.display()))?;
+        }
+        Ok(f)
+    }
+}
+
+/// The sweep table as Markdown-like text for the terminal.
+pub fn table(points: &[Point], key: &str, dense: &GraphStats, chosen: Option<usize>) -> String {
+    let mut s = format!(
+        "  {:<10} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>8}  \n",
+        key, "weights", "size", "GFLOP", "loss", "cosine", "max rel", "top-1"
+    );
+    for (i, p) in points.iter().enumerate() {
+        s.push_str(&format!(
+            "  {:<10} {:>9.2} MB {:>7.1}% {:>12.3} {:>8.4} {:>10.5} {:>10.3e} {:>8}  {}{}\n",
+            p.value,
+            p.weight_bytes as f64 / 1e6,
+            100.0 * p.weight_bytes as f64 / (dense.weight_bytes.max(1) as f64),
+            p.flops as f64 / 1e9,
+            p.loss,
+            p.cosine_mean,
+            p.max_rel_err,
+            p.top1.map_or("".into(), |t| format!("{t:.3}")),
+            if p.feasible { "" } else { "(out of bounds)" },
+            if chosen == Some(i) { " ← chosen" } else { "" },
+        ));
+    }
+    s
+}
+
+/// Fidelity (1 − loss) against weight bytes relative to the input model.
+pub fn svg(points: &[Point], key: &str, dense: &GraphStats, title: &str) -> String {
+    let (w, h, l, r, t, b) = (640.0, 400.0, 70.0, 20.0, 40.0, 50.0);
+    let xs: Vec<f64> = points
+        .iter()
+        .map(|p| p.weight_bytes as f64 / dense.weight_bytes.max(1) as f64)
+        .collect();
+    let ys: Vec<f64> = points.iter().map(|p| 1.0 - p.loss).collect();
+    let xmax = xs.iter().copied().fold(1.0f64, f64::max) * 1.05;
+    let ymin = ys.iter().copied().fold(1.0f64, f64::min).clamp(0.0, 1.0);
+    let ymin = (ymin - (1.0 - ymin) * 0.1).max(0.0);
+    let ymin = if ymin >= 0.999 { 0.99 } else { ymin };
+    let px = |x: f64| l + (w - l - r) * x / xmax;
+    let py = |y: f64| t + (h - t - b) * (1.0 - (y - ymin) / (1.0 - ymin));
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n\
+         <line x1=\"{l}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <line x1=\"{l}\" y1=\"{t}\" x2=\"{l}\" y2=\"{}\" stroke=\"black\"/>\n\
+         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">weight bytes / input model</text>\n\
+         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">fidelity (1 − loss)</text>\n",
+        w / 2.0,
+        xml(title),
+        h - b,
+        w - r,
+        h - b,
+        h - b,
+        (l + w - r) / 2.0,
+        h - 12.0,
+        (t + h - b) / 2.0,
+        (t + h - b) / 2.0,
+    );
+    for k in 0..=4 {
+        let x = xmax * k as f64 / 4.0;
+        let y = ymin + (1.0 - ymin) * k as f64 / 4.0;
+        s.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.2}</text>\n\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>\n",
+            px(x),
+            h - b + 16.0,
+            l - 6.0,
+            py(y) + 4.0
+        ));
+    }
+    let path: Vec<String> = xs
+        .iter()
+        .zip(&ys)
+        .map(|(&x, &y)| format!("{:.1},{:.1}", px(x), py(y)))
+        .collect();
+    s.push_str(&format!(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"2\"/>\n",
+        path.join(" ")
+    ));
+    for ((p, &x), &y) in points.iter().zip(&xs).zip(&ys) {
+        let color = if p.feasible { "#1f77b4" } else { "#d62728" };
+        s.push_str(&format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{color}\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.1}\">{}={}</text>\n",
+            px(x),
+            py(y),
+            px(x) + 6.0,
+            py(y) - 6.0,
+            xml(key),
+            xml(&p.value)
+        ));
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(sweep: &str, drop: Option<&str>, budget: Option<&str>) -> SweepArgs {
+        SweepArgs {
+            sweep: Some(sweep.into()),
+            max_drop: drop.map(Into::into),
+            budget: budget.map(Into::into),
+            ..SweepArgs::default()
+        }
+    }
+
+    fn point(v: &str, bytes: u64, loss: f64) -> Point {
+        Point {
+            value: v.into(),
+            pipeline: String::new(),
+            weight_bytes: bytes,
+            params: bytes / 4,
+            flops: bytes,
+            loss,
+            cosine_mean: 1.0 - loss,
+            max_rel_err: loss,
+            top1: None,
+            feasible: false,
+        }
+    }
+
+    #[test]
+    fn rules_parse_and_reject() {
+        let r = args("bits=8, 4 ,3", Some("1%"), Some("size=0.5"))
+            .rules("quantize(bits={bits})")
+            .expect("rules")
+            .expect("some");
+        assert_eq!(r.values, ["8", "4", "3"]);
+        assert_eq!(r.max_drop, Some(0.01));
+        assert_eq!(r.budget, Some((Metric::Size, 0.5)));
+        let e = |a: SweepArgs, p: &str| a.rules(p).err().expect("error").to_string();
+        assert!(e(args("bits=8", None, None), "quantize(bits=8)").contains("{bits}"));
+        assert!(e(args("bits", None, None), "x").contains("KEY=V1"));
+        assert!(e(args("bits=8", Some("150%"), None), "q({bits})").contains("between 0 and 1"));
+        assert!(e(args("bits=8", None, Some("speed=2")), "q({bits})").contains("unknown metric"));
+        let no_sweep = SweepArgs {
+            max_drop: Some("1%".into()),
+            ..SweepArgs::default()
+        };
+        assert!(e(no_sweep, "q").contains("--sweep"));
+        assert_eq!(SweepArgs::default().rules("q").expect("ok"), None);
+    }
+
+    #[test]
+    fn choose_takes_the_strongest_within_bounds() {
+        let dense = GraphStats {
+            weight_bytes: 1000,
+            params: 250,
+            flops: 1000,
+            ..GraphStats::default()
+        };
+        let mut pts = vec![
+            point("8", 260, 0.001),
+            point("6", 200, 0.004),
+            point("4", 140, 0.02),
+            point("3", 110, 0.2),
+        ];
+        let rules = |d: Option<f64>, b: Option<f64>| Rules {
+            key: "bits".into(),
+            values: vec![],
+            max_drop: d,
+            budget: b.map(|f| (Metric::Size, f)),
+        };
+        // Within 1 %: the smallest of 8 and 6 bits.
+        assert_eq!(choose(&mut pts, &rules(Some(0.01), None), &dense), Some(1));
+        assert!(pts[0].feasible && pts[1].feasible && !pts[2].feasible);
+        // Budget only: the most faithful under 15 % of the size.
+        assert_eq!(choose(&mut pts, &rules(None, Some(0.15)), &dense), Some(2));
+        // Both, unsatisfiable.
+        assert_eq!(
+            choose(&mut pts, &rules(Some(0.01), Some(0.15)), &dense),
+            None
+        );
+        // Neither: the smallest.
+        assert_eq!(choose(&mut pts, &rules(None, None), &dense), Some(3));
+    }
+
+    #[test]
+    fn loss_uses_top1_for_classifiers_and_cosine_otherwise() {
+        let t = |v: Vec<f32>| pare_ir::Tensor::from_vec(vec![2, 3], v);
+        let mut f = Fidelity::new(&["y".to_string()]);
+        // Row 0 keeps its arg-max, row 1 loses it.
+        f.add(
+            &[t(vec![1.0, 3.0, 2.0, 0.5, -1.0, 0.0])],
+            &[t(vec![1.0, 3.0, 2.0, 0.5, -1.0, 0.6])],
+        )
+        .expect("add");
+        assert!((loss_of(&f) - 0.5).abs() < 1e-12);
+        let svg = svg(
+            &[point("8", 260, 0.001)],
+            "bits",
+            &GraphStats::default(),
+            "a<b",
+        );
+        assert!(svg.contains("a&lt;b") && svg.contains("bits=8"));
+    }
+}
