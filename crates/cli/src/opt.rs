@@ -293,6 +293,7 @@ pub fn opt(a: &OptArgs) -> Result<()> {
 struct SweepReport<'a> {
     model: String,
     key: &'a str,
+    metric: crate::sweep::Score,
     eval_samples: usize,
     eval_is_calibration: bool,
     input_model: &'a GraphStats,
@@ -354,7 +355,7 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
             weight_bytes: report.after.weight_bytes,
             params: report.after.params,
             flops: report.after.flops,
-            loss: loss_of(&f),
+            loss: loss_of(&f, rules.metric),
             cosine_mean: f.outputs.iter().map(|o| o.cosine_mean).fold(1.0, f64::min),
             max_rel_err: f.max_rel_err(),
             top1,
@@ -396,6 +397,7 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
     let report = SweepReport {
         model: a.model.display().to_string(),
         key: &rules.key,
+        metric: rules.metric,
         eval_samples: eval.len(),
         eval_is_calibration,
         input_model: &dense,

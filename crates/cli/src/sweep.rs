@@ -24,11 +24,16 @@ pub struct SweepArgs {
     /// calibration samples are used, which flatters the result (a note says so).
     #[arg(long, value_name = "DIR")]
     pub eval: Vec<PathBuf>,
-    /// Keep only results whose fidelity loss is at most this (`1%` or `0.01`). The loss of a
-    /// result is 1 − the lowest, over outputs, of top-1 agreement for classifier-like outputs
-    /// and mean cosine similarity for the others. Among those, -o gets the smallest.
+    /// Keep only results whose fidelity loss is at most this (`1%` or `0.01`): 1 − the lowest
+    /// per-output score (see --metric). Among those, -o gets the smallest.
     #[arg(long, value_name = "LOSS")]
     pub max_drop: Option<String>,
+    /// The per-output fidelity score: `cosine` (mean cosine similarity), `top1` (arg-max
+    /// agreement along the last axis; outputs where it does not apply use cosine) or `auto`
+    /// (top-1 for classifier-like outputs — float, rank 2 or 3 — cosine otherwise). Use
+    /// cosine for embeddings.
+    #[arg(long, value_name = "METRIC", default_value = "auto")]
+    pub metric: Score,
     /// Keep only results within a budget relative to the input model: `size=0.5` (weight
     /// bytes), `params=0.5` or `flops=0.7`. Without --max-drop, -o gets the most faithful of
     /// those; with it, the smallest that meets both.
@@ -40,6 +45,19 @@ pub struct SweepArgs {
     /// Write the fidelity-vs-size plot as SVG.
     #[arg(long, value_name = "FILE")]
     pub sweep_svg: Option<PathBuf>,
+}
+
+/// The per-output fidelity score of --metric.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Score {
+    /// Top-1 agreement where it applies, cosine elsewhere.
+    #[default]
+    Auto,
+    /// Mean cosine similarity.
+    Cosine,
+    /// Top-1 agreement (cosine where it does not apply).
+    Top1,
 }
 
 /// What a budget limits.
@@ -67,6 +85,8 @@ impl Metric {
 /// The parsed selection rules.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rules {
+    /// The fidelity score.
+    pub metric: Score,
     /// The substituted key and its values.
     pub key: String,
     /// Values, in the order given.
@@ -156,6 +176,7 @@ impl SweepArgs {
             }
         };
         Ok(Some(Rules {
+            metric: self.metric,
             key,
             values,
             max_drop,
@@ -189,13 +210,15 @@ pub struct Point {
     pub feasible: bool,
 }
 
-/// Fidelity loss: 1 − the lowest per-output score (top-1 agreement for classifier-like
-/// outputs, mean cosine otherwise).
-pub fn loss_of(f: &Fidelity) -> f64 {
+/// Fidelity loss: 1 − the lowest per-output score (see [`Score`]).
+pub fn loss_of(f: &Fidelity, metric: Score) -> f64 {
     let score = f
         .outputs
         .iter()
-        .map(|o| o.top1_agreement.unwrap_or(o.cosine_mean))
+        .map(|o| match metric {
+            Score::Cosine => o.cosine_mean,
+            Score::Auto | Score::Top1 => o.top1_agreement.unwrap_or(o.cosine_mean),
+        })
         .fold(1.0f64, f64::min);
     if score.is_nan() {
         1.0
@@ -456,6 +479,7 @@ mod tests {
             point("3", 110, 0.2),
         ];
         let rules = |d: Option<f64>, b: Option<f64>| Rules {
+            metric: Score::Auto,
             key: "bits".into(),
             values: vec![],
             max_drop: d,
@@ -485,7 +509,9 @@ mod tests {
             &[t(vec![1.0, 3.0, 2.0, 0.5, -1.0, 0.6])],
         )
         .expect("add");
-        assert!((loss_of(&f) - 0.5).abs() < 1e-12);
+        assert!((loss_of(&f, Score::Auto) - 0.5).abs() < 1e-12);
+        let cos = loss_of(&f, Score::Cosine);
+        assert!(cos > 0.0 && cos < 0.1, "{cos}");
         let svg = svg(
             &[point("8", 260, 0.001)],
             "bits",
