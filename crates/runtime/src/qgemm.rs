@@ -19,40 +19,56 @@
 //! (checked), so the wrapped result is the exact one. [`qgemm_i32`] returns that integer
 //! matrix; [`qgemm`] the dequantized f32 one.
 //!
-//! ## Kernels and exactness (two B formats)
+//! ## Packed B and kernels
 //!
-//! The AVX2 micro-kernel is a 6x16 tile with 12 ymm i32 accumulators, the same register
-//! blocking as the f32 SGEMM. Every k-step it loads 64 bytes of packed B (16 columns x 4 bytes),
-//! broadcasts 4 bytes of packed A per row and multiply-adds them into the accumulators. What the
-//! 4 bytes hold depends on the packed B's [`QbFormat`]:
+//! B is packed once (at compile time, into an artifact that may run on another CPU), so its
+//! layout cannot depend on the CPU that runs it; every kernel must be exact on it. The packed
+//! layout is [`QbFormat::I8Quads`]: 16-column panels, 4 consecutive k of one column per 32-bit
+//! word, any i8 codes. This is exactly what AVX-512 VNNI's `vpdpbusd` consumes, it is the
+//! smallest layout (1 byte per weight), and AVX2 can still run it exactly. Whether all codes fit
+//! in `[-64, 64]` ("7-bit", what onnxruntime's `reduce_range` produces) is recorded in the pack
+//! ([`PackedQB::seven_bit`]); a borrowed [`PackedQBRef`] scans for it only when a kernel needs
+//! it (or takes the recorded answer, [`PackedQBRef::with_seven_bit`]). The run-time choice:
 //!
-//! * [`QbFormat::I8Quads`] — 4 consecutive k of u8 activations against 4 k of i8 weights:
-//!   `vpmaddubsw` (u8 x s8 -> pairs summed to i16, *saturating*) then `vpmaddwd` with ones
-//!   (-> i32). A pair sum is at most `2·255·|qb|`, which fits in i16 iff `|qb| <= 64`, so this
-//!   format is only chosen when every weight code is in `[-64, 64]` ("7-bit" weights, what
-//!   onnxruntime's `reduce_range` produces). Exact under that restriction. 32 MACs per 3 uops,
-//!   two of them on the multiply ports: 2x the f32 FMA rate.
-//! * [`QbFormat::I16Pairs`] — the general case, any i8 weights (including -128) against any u8
-//!   activations: A and B are widened to i16 at pack time, 2 consecutive k per 4 bytes, and one
-//!   `vpmaddwd` (i16 x i16, pairs summed to i32, which cannot overflow for these ranges) does 16
-//!   MACs. Always exact; about 1.5x the f32 FMA rate (the extra `vpaddd` per 16 MACs competes
-//!   for the vector ports) and twice the B bytes of the quad format.
+//! * **AVX-512 VNNI** ([`Isa::Avx512Vnni`], what [`Isa::Auto`] picks when the CPU has
+//!   AVX-512 F/BW/VL/VNNI): an `8 x 32` tile of 16 zmm i32 accumulators (two B panels), per
+//!   k-step two 64-byte B loads, one 4-byte A broadcast per row and 16 `vpdpbusd` (u8 x s8,
+//!   4 products summed into each i32 lane and added *without saturation*): exact for any codes,
+//!   64 MACs per instruction. (Measured on Zen 4 against a `6 x 16` ymm tile, the AVX2
+//!   blocking, with AVX-512VL `vpdpbusd`: ~25% slower on the larger shapes, with more loads and
+//!   broadcasts per dot product; `12 x 16` and `6 x 32` zmm tiles were within noise of `8 x 32`.)
+//! * **AVX2, 7-bit codes**: the `6 x 16` ymm tile with `vpmaddubsw` (u8 x s8, pairs summed to
+//!   i16, *saturating*) then `vpmaddwd` with ones (-> i32). A pair sum is at most `2·255·|qb|`,
+//!   which fits in i16 iff `|qb| <= 64`, hence the 7-bit condition. 32 MACs per 3 uops.
+//! * **AVX2, full-range codes**: a `4 x 16` ymm tile; each k-step's B quads are split in
+//!   registers into sign-extended i16 halves `(b0, b2)` and `(b1, b3)` per column (three shifts
+//!   per 8 columns, shared by the rows) and A is packed at run time as the matching u16 halves,
+//!   so two `vpmaddwd` (pairs summed straight into i32, at most `2·255·128` in magnitude) do the
+//!   4 k exactly. 16 MACs per `vpmaddwd` + `vpaddd`, like the old `I16Pairs` kernel, from half
+//!   the B bytes. 4 rows (not 6) so that the 4 split B vectors, the 8 accumulators and the 2 A
+//!   broadcasts stay in the 16 registers with each A word loaded once per k-step (measured
+//!   faster than 6 rows that re-broadcast A per 8 columns). Splitting the *weight* instead
+//!   (`b = hi + lo`, two `vpmaddubsw`) was rejected: an exact i16 pair sum of full-range products
+//!   does not exist, so each half would still need its own `vpmaddwd` to reach i32, 6 uops per
+//!   32 MACs instead of 4.
+//! * **Portable** (no AVX2, or [`Isa::Generic`]): plain Rust on the same layout, exact i32.
 //!
-//! [`pack_qb`] picks `I8Quads` when the codes allow and `I16Pairs` otherwise, so results never
-//! depend on saturation. The portable kernel (no AVX2, or forced with [`Isa::Generic`]) runs the
-//! same packed layouts in plain Rust with exact i32 arithmetic; edge tiles of the AVX2 path use
-//! the same vector kernel on zero-padded panels with masked (copied) stores.
+//! [`QbFormat::I16Pairs`] (2 k per word as i16, A as zero-extended u16 pairs; `vpmaddwd` with
+//! AVX2, `vpdpwssd` with VNNI, both exact) is kept so that existing packs still run, but
+//! [`pack_qb`] no longer produces it: twice the bytes and no faster anywhere. Edge tiles of
+//! the SIMD kernels compute zero-padded panels and store only the valid part.
 //!
 //! ## Blocking and threads
 //!
 //! There is no blocking over k: the i32 accumulators stay in registers for the whole k range
 //! and the epilogue runs once, so no i32 partial sums go through memory. A is packed in blocks of
 //! up to ~256 KiB of rows (L2); for every 16-column B micro-panel (`k/4·64` or `k/2·64` bytes,
-//! in L1 for k up to ~512/256 and streamed from L2 with prefetch beyond that) the 6-row tiles of
-//! the A block run over it. Threads split C in whole tiles along M when there are enough row
-//! tiles (B is pre-packed, so that duplicates nothing) and along N otherwise, on the runtime's
-//! pool, like the f32 SGEMM; a thread gets at least `2·MIN_FLOPS_PER_THREAD` integer ops (the
-//! integer kernel is about twice as fast, so that is the same ~10 us of work).
+//! in L1 for k up to ~512/256 and streamed from L2 with prefetch beyond that) the row tiles of
+//! the A block run over it (two panels at a time for the VNNI tile). Threads split C in whole
+//! tiles along M when there are enough row tiles (B is pre-packed, so that duplicates nothing)
+//! and along N otherwise, on the runtime's pool, like the f32 SGEMM; a thread gets at least
+//! `2·MIN_FLOPS_PER_THREAD` integer ops (the integer kernels are about twice as fast or more,
+//! so that is the same ~10 us of work or less).
 //!
 //! ## Epilogue
 //!
@@ -60,6 +76,7 @@
 //! a vectorized pass over the just-stored tile, like the f32 kernel). No `beta`/residual yet.
 
 mod avx2;
+mod avx512;
 
 use std::ops::Range;
 
@@ -80,10 +97,13 @@ const MC_MAX: usize = 240;
 /// How a [`PackedQB`] stores the weight codes; see the module doc for the exactness argument.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QbFormat {
-    /// 4 consecutive k per 32-bit word, as i8 (`vpmaddubsw` path). Requires every code in
-    /// `[-64, 64]`.
+    /// 4 consecutive k per 32-bit word, as i8; any codes. What [`pack_qb`] produces. Runs
+    /// `vpdpbusd` with AVX-512 VNNI; with AVX2 alone, `vpmaddubsw` when every code is in
+    /// `[-64, 64]` ([`PackedQB::seven_bit`]) and an exact even/odd `vpmaddwd` kernel otherwise.
     I8Quads,
-    /// 2 consecutive k per 32-bit word, as i16 (`vpmaddwd` path). Any i8 codes.
+    /// 2 consecutive k per 32-bit word, as i16; any codes. Kept for existing packs (and
+    /// [`PackedQB::new`] with an explicit format): twice the bytes of `I8Quads` and no faster
+    /// on any CPU, so [`pack_qb`] no longer chooses it.
     I16Pairs,
 }
 
@@ -358,6 +378,7 @@ pub struct PackedQB {
     k: usize,
     n: usize,
     format: QbFormat,
+    seven_bit: bool,
     words: Words,
     col_sums: Vec<i32>,
     scales: Vec<f32>,
@@ -369,13 +390,14 @@ impl std::fmt::Debug for PackedQB {
             .field("k", &self.k)
             .field("n", &self.n)
             .field("format", &self.format)
+            .field("seven_bit", &self.seven_bit)
             .finish_non_exhaustive()
     }
 }
 
 /// Packs int8 weight codes (`op(B)`, `k x n`: `codes[p*ldb + j]`, or `codes[j*ldb + p]` when
 /// `trans_b`) with per-column `scales` (length `n`), choosing [`QbFormat::I8Quads`] when every
-/// code is in `[-64, 64]` and [`QbFormat::I16Pairs`] otherwise.
+/// code is in `[-64, 64]` or not (recorded as [`PackedQB::seven_bit`]).
 pub fn pack_qb(
     k: usize,
     n: usize,
@@ -421,8 +443,8 @@ impl PackedQB {
             .ok_or(GemmError::Overflow)
     }
 
-    /// [`pack_qb`] with the format chosen by the caller (`None`: automatic). Asking for
-    /// `I8Quads` with a code outside `[-64, 64]` is an error (the kernel would saturate).
+    /// [`pack_qb`] with the format chosen by the caller (`None`: automatic, which is
+    /// [`QbFormat::I8Quads`]).
     pub fn new(
         k: usize,
         n: usize,
@@ -458,16 +480,7 @@ impl PackedQB {
                 *sum += c as i32;
             }
         }
-        let format = match format {
-            None if fits7 => QbFormat::I8Quads,
-            None => QbFormat::I16Pairs,
-            Some(QbFormat::I8Quads) if !fits7 => {
-                return Err(GemmError::PackedB(
-                    "I8Quads needs every weight code in [-64, 64]",
-                ))
-            }
-            Some(f) => f,
-        };
+        let format = format.unwrap_or(QbFormat::I8Quads);
         let len = Self::packed_len(k, n, format)?;
         let steps = format.steps(k);
         let mut words = Words::zeros(len);
@@ -504,6 +517,7 @@ impl PackedQB {
             k,
             n,
             format,
+            seven_bit: fits7,
             words,
             col_sums,
             scales: scales.to_vec(),
@@ -521,6 +535,12 @@ impl PackedQB {
     /// The storage format.
     pub fn format(&self) -> QbFormat {
         self.format
+    }
+    /// Whether every code is in `[-64, 64]`, which lets AVX2 without VNNI use the faster
+    /// `vpmaddubsw` kernel on [`QbFormat::I8Quads`]. A compiler can record it next to the
+    /// words and pass it back through [`PackedQBRef::with_seven_bit`].
+    pub fn seven_bit(&self) -> bool {
+        self.seven_bit
     }
     /// The packed codes (64-byte aligned), layout in the type's doc.
     pub fn words(&self) -> &[u32] {
@@ -540,6 +560,7 @@ impl PackedQB {
             k: self.k,
             n: self.n,
             format: self.format,
+            seven_bit: Some(self.seven_bit),
             words: self.words.as_slice(),
             col_sums: &self.col_sums,
             scales: &self.scales,
@@ -554,15 +575,20 @@ pub struct PackedQBRef<'a> {
     k: usize,
     n: usize,
     format: QbFormat,
+    /// Whether every code is in `[-64, 64]`; `None` until known (scanned on first use by a
+    /// kernel that needs it).
+    seven_bit: Option<bool>,
     words: &'a [u32],
     col_sums: &'a [i32],
     scales: &'a [f32],
 }
 
 impl<'a> PackedQBRef<'a> {
-    /// Wraps data in the [`PackedQB`] layout. Checks the lengths and `k <=` [`QGEMM_MAX_K`];
-    /// for `I8Quads` it also checks that no code is outside `[-64, 64]`. The column sums are
-    /// trusted (wrong sums give wrong results, never unsoundness).
+    /// Wraps data in the [`PackedQB`] layout. Checks the lengths and `k <=` [`QGEMM_MAX_K`]
+    /// (constant time: the codes are not read). Any codes are valid in either format; whether
+    /// they fit in 7 bits is found out by the first call that runs the AVX2 `vpmaddubsw`
+    /// kernel (CPUs without VNNI), or asserted with [`PackedQBRef::with_seven_bit`]. The column
+    /// sums are trusted (wrong sums give wrong results, never unsoundness).
     pub fn new(
         k: usize,
         n: usize,
@@ -582,20 +608,11 @@ impl<'a> PackedQBRef<'a> {
         if col_sums.len() != n || scales.len() != n {
             return Err(GemmError::PackedB("col_sums/scales length is not n"));
         }
-        if format == QbFormat::I8Quads
-            && words
-                .iter()
-                .flat_map(|w| w.to_le_bytes())
-                .any(|b| !(-64..=64).contains(&(b as i8)))
-        {
-            return Err(GemmError::PackedB(
-                "I8Quads needs every weight code in [-64, 64]",
-            ));
-        }
         Ok(PackedQBRef {
             k,
             n,
             format,
+            seven_bit: None,
             words,
             col_sums,
             scales,
@@ -608,6 +625,34 @@ impl<'a> PackedQBRef<'a> {
     /// Columns (the GEMM's `n`).
     pub fn n(&self) -> usize {
         self.n
+    }
+    /// The storage format.
+    pub fn format(&self) -> QbFormat {
+        self.format
+    }
+
+    /// Records whether every code is in `[-64, 64]` (as [`PackedQB::seven_bit`] reported when
+    /// the weight was packed), sparing the scan. Only AVX2 CPUs without VNNI use it, to pick
+    /// the `vpmaddubsw` kernel for [`QbFormat::I8Quads`]: a wrong `true` makes that kernel
+    /// saturate (wrong results, never unsoundness).
+    pub fn with_seven_bit(mut self, seven_bit: bool) -> Self {
+        self.seven_bit = Some(seven_bit);
+        self
+    }
+
+    /// Whether every code is in `[-64, 64]`: the recorded answer, else a scan of the words
+    /// (padding is zero, so it does not matter).
+    pub fn seven_bit(&self) -> bool {
+        self.seven_bit.unwrap_or_else(|| {
+            // Branch-free over 4 bytes at a time so that it vectorizes: a byte `b` is in
+            // [-64, 64] iff `b + 64` (wrapping) is at most 128 as u8.
+            self.words.iter().fold(true, |ok, &w| {
+                ok & w
+                    .to_le_bytes()
+                    .iter()
+                    .fold(true, |o, &b| o & (b.wrapping_add(64) <= 128))
+            })
+        })
     }
 }
 
@@ -673,6 +718,35 @@ pub(crate) struct Job<'a> {
     pub out: OutPtr,
     pub ldc: usize,
     pub isa: Isa,
+    /// How A is packed for the chosen kernel.
+    pub a_layout: ALayout,
+    /// Rows per packed A panel (the kernel's tile height).
+    pub mr: usize,
+}
+
+/// The packed-A layouts: `wps` 32-bit words per row and k-step (a k-step being
+/// [`QbFormat::k_per_word`] values of k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ALayout {
+    /// 4 u8 per word (k `4s..4s+4`, byte `t` = k `4s+t`): `I8Quads` with `vpdpbusd`,
+    /// `vpmaddubsw` or the portable kernel.
+    U8Quads,
+    /// 2 zero-extended u16 per word (k `2s`, `2s+1`): `I16Pairs`.
+    U16Pairs,
+    /// 2 words per k-step of a quad format: `k 4s | k 4s+2 << 16`, then `k 4s+1 | k 4s+3 << 16`,
+    /// as u16: the AVX2 kernel for full-range `I8Quads`, which splits the B quads into the
+    /// matching even/odd i16 halves.
+    U16EvenOdd,
+}
+
+impl ALayout {
+    /// 32-bit words per row and k-step.
+    pub(crate) fn wps(self) -> usize {
+        match self {
+            ALayout::U16EvenOdd => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl QGemm<'_> {
@@ -736,10 +810,21 @@ impl QGemm<'_> {
 
     fn execute(&self, out: OutPtr, ldc: usize) -> Result<(), GemmError> {
         let isa = match self.isa {
+            Isa::Auto if Isa::Avx512Vnni.supported() => Isa::Avx512Vnni,
             Isa::Auto => Isa::detect(),
-            Isa::Generic => Isa::Generic,
-            Isa::Avx2Fma if Isa::detect() == Isa::Avx2Fma => Isa::Avx2Fma,
-            Isa::Avx2Fma => return Err(GemmError::UnsupportedIsa(Isa::Avx2Fma)),
+            isa if isa.supported() => isa,
+            isa => return Err(GemmError::UnsupportedIsa(isa)),
+        };
+        let format = self.b.format;
+        let (a_layout, mr) = match (isa, format) {
+            (Isa::Avx512Vnni, QbFormat::I16Pairs) => (ALayout::U16Pairs, avx512::MR),
+            (Isa::Avx512Vnni, QbFormat::I8Quads) => (ALayout::U8Quads, avx512::MR),
+            (_, QbFormat::I16Pairs) => (ALayout::U16Pairs, QMR),
+            // Only this case needs to know the code range (the scan, if not recorded).
+            (Isa::Avx2Fma, QbFormat::I8Quads) if !self.b.seven_bit() => {
+                (ALayout::U16EvenOdd, avx2::EO_MR)
+            }
+            _ => (ALayout::U8Quads, QMR),
         };
         let threads = if self.threads == 0 {
             std::thread::available_parallelism().map_or(1, |t| t.get())
@@ -762,11 +847,13 @@ impl QGemm<'_> {
             out,
             ldc,
             isa,
+            a_layout,
+            mr,
         };
         if job.m == 0 || job.n == 0 {
             return Ok(());
         }
-        let parts = partition(job.m, job.n, job.k, threads);
+        let parts = partition(job.m, job.n, job.k, mr, threads);
         if parts.len() == 1 {
             run_range(&job, 0..job.m, 0..job.n);
         } else {
@@ -838,9 +925,15 @@ pub fn qgemm_i32<'a>(
 
 /// Splits C into one rectangle per thread in whole tiles: along M when every thread gets a row
 /// tile (B is pre-packed, so nothing is duplicated), else along N.
-fn partition(m: usize, n: usize, k: usize, threads: usize) -> Vec<(Range<usize>, Range<usize>)> {
+fn partition(
+    m: usize,
+    n: usize,
+    k: usize,
+    mr: usize,
+    threads: usize,
+) -> Vec<(Range<usize>, Range<usize>)> {
     let ops = 2usize.saturating_mul(m).saturating_mul(n).saturating_mul(k);
-    let tiles_m = m.div_ceil(QMR);
+    let tiles_m = m.div_ceil(mr);
     let tiles_n = n.div_ceil(QNR);
     let t = threads
         .min((ops / (2 * crate::gemm::MIN_FLOPS_PER_THREAD)).max(1))
@@ -851,7 +944,7 @@ fn partition(m: usize, n: usize, k: usize, threads: usize) -> Vec<(Range<usize>,
     }
     let split_m = tiles_m >= t;
     let (tiles, tile, len) = if split_m {
-        (tiles_m, QMR, m)
+        (tiles_m, mr, m)
     } else {
         (tiles_n, QNR, n)
     };
@@ -869,50 +962,44 @@ fn partition(m: usize, n: usize, k: usize, threads: usize) -> Vec<(Range<usize>,
         .collect()
 }
 
-/// Packs rows `i0..i0+mc` of A into `dst`: `ceil(mc/6)` panels, word `q*steps*6 + s*6 + i`
-/// holding row `i0 + 6q + i`'s k-step `s` in `format` (u8 quads or zero-extended i16 pairs);
-/// rows past `mc` and k past `k` are zero.
+/// Packs rows `i0..i0+mc` of A into `dst` in `job.a_layout`: `ceil(mc/mr)` panels of `mr`
+/// rows, word `q*steps*mr*wps + s*mr*wps + i*wps + w` holding word `w` of row `i0 + mr*q + i`'s
+/// k-step `s`; rows past `mc` and k past `k` are zero.
 fn pack_a(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
-    let (k, steps) = (job.k, job.steps);
+    let (k, steps, mr) = (job.k, job.steps, job.mr);
+    let wps = job.a_layout.wps();
     let kw = job.format.k_per_word();
-    let full = k / kw;
-    for q in 0..mc.div_ceil(QMR) {
-        let panel = &mut dst[q * steps * QMR..(q + 1) * steps * QMR];
-        for i in 0..QMR {
-            let r = q * QMR + i;
-            let lane = panel.iter_mut().skip(i).step_by(QMR);
+    let row_words = mr * wps;
+    let mut pad = [0u8; 4];
+    for q in 0..mc.div_ceil(mr) {
+        let panel = &mut dst[q * steps * row_words..(q + 1) * steps * row_words];
+        for i in 0..mr {
+            let r = q * mr + i;
             if r >= mc {
-                lane.for_each(|d| *d = 0);
+                for step in panel.chunks_exact_mut(row_words) {
+                    step[i * wps..(i + 1) * wps].fill(0);
+                }
                 continue;
             }
             let start = (i0 + r) * job.lda;
             let row = &job.a[start..start + k];
-            let mut lane = lane;
-            match job.format {
-                QbFormat::I8Quads => {
-                    // Chunks first: `zip` must not pull a lane slot it will not fill.
-                    for (c, d) in row.chunks_exact(4).zip(lane.by_ref()) {
-                        *d = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-                    }
-                }
-                QbFormat::I16Pairs => {
-                    for (c, d) in row.chunks_exact(2).zip(lane.by_ref()) {
-                        *d = c[0] as u32 | (c[1] as u32) << 16;
-                    }
-                }
-            }
-            if full < steps {
-                let mut bytes = [0u8; 4];
-                let tail = &row[full * kw..];
-                let word = match job.format {
-                    QbFormat::I8Quads => {
-                        bytes[..tail.len()].copy_from_slice(tail);
-                        u32::from_le_bytes(bytes)
-                    }
-                    QbFormat::I16Pairs => tail[0] as u32,
+            for (s, step) in panel.chunks_exact_mut(row_words).enumerate() {
+                let lo = s * kw;
+                let c: &[u8] = if lo + kw <= k {
+                    &row[lo..lo + kw]
+                } else {
+                    pad.fill(0);
+                    pad[..k - lo].copy_from_slice(&row[lo..]);
+                    &pad[..kw]
                 };
-                if let Some(d) = lane.next() {
-                    *d = word;
+                let d = &mut step[i * wps..(i + 1) * wps];
+                match job.a_layout {
+                    ALayout::U8Quads => d[0] = u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                    ALayout::U16Pairs => d[0] = c[0] as u32 | (c[1] as u32) << 16,
+                    ALayout::U16EvenOdd => {
+                        d[0] = c[0] as u32 | (c[2] as u32) << 16;
+                        d[1] = c[1] as u32 | (c[3] as u32) << 16;
+                    }
                 }
             }
         }
@@ -921,11 +1008,12 @@ fn pack_a(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
 
 /// One thread's rectangle: pack A blocks, run the tiles.
 fn run_range(job: &Job<'_>, rows: Range<usize>, cols: Range<usize>) {
-    let steps = job.steps;
-    let row_bytes = (steps * 4).max(1);
-    let mc_max = (A_BLOCK_BYTES / row_bytes / QMR * QMR).clamp(QMR, MC_MAX);
-    let mc_max = mc_max.min(rows.len().div_ceil(QMR) * QMR);
-    let mut abuf = Words::zeros(mc_max * steps + 8);
+    let (steps, mr) = (job.steps, job.mr);
+    let row_words = steps * job.a_layout.wps();
+    let row_bytes = (row_words * 4).max(1);
+    let mc_max = (A_BLOCK_BYTES / row_bytes / mr * mr).clamp(mr, MC_MAX / mr * mr);
+    let mc_max = mc_max.min(rows.len().div_ceil(mr) * mr);
+    let mut abuf = Words::zeros(mc_max * row_words + 8);
     let mut ic = rows.start;
     while ic < rows.end {
         let mc = mc_max.min(rows.end - ic);
@@ -942,6 +1030,9 @@ fn run_range(job: &Job<'_>, rows: Range<usize>, cols: Range<usize>) {
             // SAFETY: Avx2Fma is only chosen when the CPU has AVX2 (`execute`); the block's
             // rows and columns lie inside this thread's rectangle of the validated C.
             Isa::Avx2Fma => unsafe { avx2::macro_kernel(&blk) },
+            // SAFETY: Avx512Vnni is only chosen when the CPU has AVX-512 F/BW/VL/VNNI and AVX2
+            // (`execute`, `Isa::supported`); the rest as above.
+            Isa::Avx512Vnni => unsafe { avx512::macro_kernel(&blk) },
             // SAFETY: as above, minus the CPU feature.
             _ => unsafe { generic_macro_kernel(&blk) },
         }
@@ -966,10 +1057,11 @@ impl QBlock<'_> {
         let s = self.job.steps;
         &self.job.b.words[(j / QNR) * s * QNR..][..s * QNR]
     }
-    /// The A micro-panel of block row `ir` (a multiple of 6).
+    /// The A micro-panel of block row `ir` (a multiple of `mr`): `steps * mr * wps` words.
     pub(crate) fn a_panel(&self, ir: usize) -> &[u32] {
-        let s = self.job.steps;
-        &self.a[(ir / QMR) * s * QMR..][..s * QMR]
+        let job = self.job;
+        let len = job.steps * job.mr * job.a_layout.wps();
+        &self.a[(ir / job.mr) * len..][..len]
     }
 }
 
@@ -1036,6 +1128,7 @@ pub(crate) unsafe fn finish_row_scalar(
 /// The block's rows/columns of C are valid and exclusively this call's.
 unsafe fn generic_macro_kernel(blk: &QBlock<'_>) {
     let format = blk.job.format;
+    debug_assert!(blk.job.mr == QMR && blk.job.a_layout.wps() == 1);
     for jr in (0..blk.nc).step_by(QNR) {
         let j = blk.j0 + jr;
         let n_eff = QNR.min(blk.nc - jr);

@@ -1,4 +1,5 @@
-//! Quantized GEMM: exact integer agreement of both kernels (AVX2 where available, portable) and
+//! Quantized GEMM: exact integer agreement of every kernel path (AVX-512 VNNI, AVX2 with 7-bit
+//! and with full-range weights, portable; the ones this CPU lacks are skipped with a message) and
 //! both packed-B formats with a scalar i64 reference on shapes that exercise every edge tile;
 //! the dequantized f32 result against an f64 reference of the quantized arithmetic and against
 //! the f32 SGEMM on the dequantized operands; saturation corner cases; the dynamic activation
@@ -13,10 +14,15 @@ use pare_runtime::{
 };
 use proptest::prelude::*;
 
+/// Every instruction set this CPU runs (`Generic` always); says which ones it skips.
 fn isas() -> Vec<Isa> {
-    let mut v = vec![Isa::Generic];
-    if Isa::detect() == Isa::Avx2Fma {
-        v.push(Isa::Avx2Fma);
+    let mut v = Vec::new();
+    for isa in [Isa::Generic, Isa::Avx2Fma, Isa::Avx512Vnni] {
+        if isa.supported() {
+            v.push(isa);
+        } else {
+            println!("skipping {isa:?}: not supported by this CPU");
+        }
     }
     v
 }
@@ -88,39 +94,54 @@ fn make_case(m: usize, n: usize, k: usize, code_range: (i32, i32), seed: u64) ->
     }
 }
 
-/// Runs the i32 path for every ISA, thread count and the given format, checking exact equality.
-fn check_exact(cs: &Case, format: Option<QbFormat>, expect_format: QbFormat) {
+/// Runs the i32 path for every ISA, thread count and the given format (`None`: the automatic
+/// choice, always `I8Quads`), checking exact equality; `seven` is whether the codes fit in 7
+/// bits. Quad packs also run through a borrowed view that has to scan the codes, and 7-bit ones
+/// once more through a view that claims full range (which forces the AVX2 even/odd kernel
+/// onto them).
+fn check_exact(cs: &Case, format: Option<QbFormat>, seven: bool) {
     let (m, n, k) = (cs.m, cs.n, cs.k);
     let pb = PackedQB::new(k, n, &cs.codes, n, false, &cs.sw, format).unwrap();
-    assert_eq!(pb.format(), expect_format);
+    assert_eq!(pb.format(), format.unwrap_or(QbFormat::I8Quads));
+    assert_eq!(pb.seven_bit(), seven);
     let want = ref_i64(m, n, k, &cs.a, cs.lda, &cs.za, &cs.codes);
+    let scanned =
+        PackedQBRef::new(k, n, pb.format(), pb.words(), pb.col_sums(), pb.scales()).unwrap();
+    assert_eq!(scanned.seven_bit(), seven);
+    let mut views = vec![("owned", pb.as_ref()), ("scanned", scanned)];
+    if seven {
+        views.push(("claimed full", pb.as_ref().with_seven_bit(false)));
+    }
+    let expect_format = pb.format();
     for isa in isas() {
-        for threads in [1, 2, 3] {
-            let ldc = n + 1;
-            let mut c = vec![i32::MIN; m * ldc];
-            QGemm {
-                m,
-                a: &cs.a,
-                lda: cs.lda,
-                a_scale: &cs.sa,
-                a_zero: &cs.za,
-                b: pb.as_ref(),
-                bias: None,
-                activation: Activation::Identity,
-                threads,
-                isa,
-            }
-            .run_i32(&mut c, ldc)
-            .unwrap();
-            for i in 0..m {
-                for j in 0..n {
-                    assert_eq!(
+        for (view, b) in &views {
+            for threads in [1, 2, 3] {
+                let ldc = n + 1;
+                let mut c = vec![i32::MIN; m * ldc];
+                QGemm {
+                    m,
+                    a: &cs.a,
+                    lda: cs.lda,
+                    a_scale: &cs.sa,
+                    a_zero: &cs.za,
+                    b: *b,
+                    bias: None,
+                    activation: Activation::Identity,
+                    threads,
+                    isa,
+                }
+                .run_i32(&mut c, ldc)
+                .unwrap();
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
                         c[i * ldc + j] as i64,
                         want[i * n + j],
-                        "{isa:?} {expect_format:?} t={threads} m={m} n={n} k={k} at ({i},{j})"
+                        "{isa:?} {expect_format:?} {view} t={threads} m={m} n={n} k={k} at ({i},{j})"
                     );
+                    }
+                    assert_eq!(c[i * ldc + n], i32::MIN, "padding column written");
                 }
-                assert_eq!(c[i * ldc + n], i32::MIN, "padding column written");
             }
         }
     }
@@ -144,10 +165,11 @@ const SHAPES: &[(usize, usize, usize)] = &[
 ];
 
 #[test]
-fn i32_exact_full_range_weights_i16_pairs() {
+fn i32_exact_full_range_weights_both_formats() {
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
         let cs = make_case(m, n, k, (-128, 127), 100 + s as u64);
-        check_exact(&cs, None, QbFormat::I16Pairs);
+        check_exact(&cs, None, false);
+        check_exact(&cs, Some(QbFormat::I16Pairs), false);
     }
 }
 
@@ -155,22 +177,18 @@ fn i32_exact_full_range_weights_i16_pairs() {
 fn i32_exact_seven_bit_weights_both_formats() {
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
         let cs = make_case(m, n, k, (-64, 64), 200 + s as u64);
-        check_exact(&cs, None, QbFormat::I8Quads);
-        check_exact(&cs, Some(QbFormat::I16Pairs), QbFormat::I16Pairs);
+        check_exact(&cs, None, true);
+        check_exact(&cs, Some(QbFormat::I16Pairs), true);
     }
 }
 
 #[test]
 fn saturation_corners_are_exact() {
     // All-255 activations against constant extreme weights: every vpmaddubsw pair would be
-    // ±64770 in the quad format, so these must take the i16 path and stay exact; ±64 is the
-    // largest magnitude the quad format takes, also exact (2·255·64 = 32640 <= 32767).
-    for &(w, format) in &[
-        (-128i8, QbFormat::I16Pairs),
-        (127, QbFormat::I16Pairs),
-        (-64, QbFormat::I8Quads),
-        (64, QbFormat::I8Quads),
-    ] {
+    // ±64770, so full-range quads must take VNNI or the AVX2 even/odd kernel and stay exact;
+    // ±64 is the largest magnitude the vpmaddubsw kernel takes, also exact
+    // (2·255·64 = 32640 <= 32767).
+    for &(w, seven) in &[(-128i8, false), (127, false), (-64, true), (64, true)] {
         for &(m, n, k) in &[(7, 19, 1031), (6, 16, 8), (1, 3, 1)] {
             for &za in &[0u8, 255, 128] {
                 let cs = Case {
@@ -184,7 +202,8 @@ fn saturation_corners_are_exact() {
                     codes: vec![w; k * n],
                     sw: vec![1.0; n],
                 };
-                check_exact(&cs, None, format);
+                check_exact(&cs, None, seven);
+                check_exact(&cs, Some(QbFormat::I16Pairs), seven);
                 let want = (255 - za as i64) * w as i64 * k as i64;
                 let pb = pack_qb(k, n, &cs.codes, n, false, &cs.sw).unwrap();
                 let mut c = vec![0i32; m * n];
@@ -209,7 +228,8 @@ fn saturation_corners_are_exact() {
         codes,
         sw: vec![1.0; n],
     };
-    check_exact(&cs, None, QbFormat::I16Pairs);
+    check_exact(&cs, None, false);
+    check_exact(&cs, Some(QbFormat::I16Pairs), false);
 }
 
 #[test]
@@ -228,7 +248,8 @@ fn largest_k_is_exact() {
         codes: vec![-128; k * n],
         sw: vec![1.0; n],
     };
-    check_exact(&cs, None, QbFormat::I16Pairs);
+    check_exact(&cs, None, false);
+    check_exact(&cs, Some(QbFormat::I16Pairs), false);
     assert_eq!(
         PackedQB::new(k + 1, 1, &vec![0; k + 1], 1, false, &[1.0], None).unwrap_err(),
         GemmError::Overflow
@@ -265,13 +286,11 @@ fn assert_rel(got: &[f32], want: &[f32], rel: f32, ctx: &str) {
 #[test]
 fn dequantized_matches_f64_reference_with_every_activation() {
     for (s, &(m, n, k)) in SHAPES.iter().enumerate() {
-        for (range, fmt) in [
-            ((-128, 127), QbFormat::I16Pairs),
-            ((-64, 64), QbFormat::I8Quads),
-        ] {
+        for (range, seven) in [((-128, 127), false), ((-64, 64), true)] {
             let cs = make_case(m, n, k, range, 300 + s as u64);
             let pb = pack_qb(k, n, &cs.codes, n, false, &cs.sw).unwrap();
-            assert_eq!(pb.format(), fmt);
+            assert_eq!((pb.format(), pb.seven_bit()), (QbFormat::I8Quads, seven));
+            let fmt = if seven { "7-bit" } else { "8-bit" };
             let bias: Vec<f32> = (0..n).map(|j| (j as f32 * 0.37).sin() * 0.5).collect();
             for act in ACTS {
                 for with_bias in [false, true] {
@@ -300,7 +319,7 @@ fn dequantized_matches_f64_reference_with_every_activation() {
                                 &c,
                                 &want,
                                 2e-6,
-                                &format!("{isa:?} {fmt:?} {act:?} bias={with_bias} t={threads} {m}x{n}x{k}"),
+                                &format!("{isa:?} {fmt} {act:?} bias={with_bias} t={threads} {m}x{n}x{k}"),
                             );
                         }
                     }
@@ -325,14 +344,7 @@ fn end_to_end_matches_f32_sgemm_on_dequantized_operands() {
         for reduce in [false, true] {
             let (codes, sw) = quantize_weights_per_column(k, n, &w, n, false, reduce).unwrap();
             let pb = pack_qb(k, n, &codes, n, false, &sw).unwrap();
-            assert_eq!(
-                pb.format(),
-                if reduce {
-                    QbFormat::I8Quads
-                } else {
-                    QbFormat::I16Pairs
-                }
-            );
+            assert_eq!((pb.format(), pb.seven_bit()), (QbFormat::I8Quads, reduce));
             // The same packed weight from f32 + scales.
             let pb2 = pack_qb_f32(k, n, &w, n, false, &sw).unwrap();
             assert_eq!(pb2.words(), pb.words());
@@ -508,22 +520,35 @@ fn validation_errors_leave_c_untouched() {
     }
     assert!(base.run(&mut c[..m * n - 1], n).is_err());
     assert!(base.run(&mut c, n - 1).is_err());
-    // Quad format refuses codes it would saturate on.
+    // Either format takes any codes; the quad pack records whether they fit in 7 bits.
     let bad = vec![65i8; k * n];
-    assert!(PackedQB::new(k, n, &bad, n, false, &cs.sw, Some(QbFormat::I8Quads)).is_err());
+    let p8 = PackedQB::new(k, n, &bad, n, false, &cs.sw, Some(QbFormat::I8Quads)).unwrap();
+    assert!(!p8.seven_bit());
     assert!(pack_qb(k, n, &bad, n, false, &cs.sw[1..]).is_err());
-    // Borrowed views are checked too.
-    let p16 = PackedQB::new(k, n, &bad, n, false, &cs.sw, None).unwrap();
+    // Borrowed views find out the range from the codes (or take the caller's word).
+    let p16 = PackedQB::new(k, n, &bad, n, false, &cs.sw, Some(QbFormat::I16Pairs)).unwrap();
     assert_eq!(p16.format(), QbFormat::I16Pairs);
-    assert!(PackedQBRef::new(
-        k,
-        n,
-        QbFormat::I8Quads,
-        &vec![0x4141_4141; PackedQB::packed_len(k, n, QbFormat::I8Quads).unwrap()],
-        p16.col_sums(),
-        p16.scales()
-    )
-    .is_err());
+    let qlen = PackedQB::packed_len(k, n, QbFormat::I8Quads).unwrap();
+    for (word, seven) in [
+        (0x4141_4141u32, false),
+        (0x4040_4040, true),
+        (0xc0c0_c0c0, true),
+        (0xbfc0_c0c0, false),
+        (0x0080_0000, false),
+    ] {
+        let words = vec![word; qlen];
+        let v = PackedQBRef::new(
+            k,
+            n,
+            QbFormat::I8Quads,
+            &words,
+            p16.col_sums(),
+            p16.scales(),
+        )
+        .unwrap();
+        assert_eq!(v.seven_bit(), seven, "{word:#x}");
+        assert!(v.with_seven_bit(!seven).seven_bit() != seven);
+    }
     let ok = PackedQBRef::new(
         k,
         n,
@@ -581,7 +606,19 @@ fn transposed_weights_pack_like_row_major() {
     let b = pack_qb(k, n, &t, k, true, &sw).unwrap();
     assert_eq!(a.words(), b.words());
     assert_eq!(a.col_sums(), b.col_sums());
-    // Documented layout: panel q, step s, column jj; i16 halves, low half = k 2s.
+    // Documented layout: panel q, step s, column jj; quads, byte t = k 4s+t.
+    assert_eq!(a.format(), QbFormat::I8Quads);
+    let steps = k.div_ceil(4);
+    for j in 0..n {
+        for p in 0..k {
+            let w = a.words()[(j / 16) * 16 * steps + (p / 4) * 16 + j % 16];
+            assert_eq!(w.to_le_bytes()[p % 4] as i8, codes[p * n + j]);
+        }
+    }
+    // I16Pairs: i16 halves, low half = k 2s.
+    let a = PackedQB::new(k, n, &codes, n, false, &sw, Some(QbFormat::I16Pairs)).unwrap();
+    let b = PackedQB::new(k, n, &t, k, true, &sw, Some(QbFormat::I16Pairs)).unwrap();
+    assert_eq!(a.words(), b.words());
     let steps = k.div_ceil(2);
     for j in 0..n {
         for p in 0..k {
@@ -665,5 +702,48 @@ fn empty_k_gives_bias_and_activation() {
                 assert_eq!(c[i * n + j], bias[j].max(0.0), "{isa:?} ({i},{j})");
             }
         }
+    }
+}
+
+/// `Isa::Avx512Vnni` given to the f32 SGEMM runs its AVX2+FMA kernel (bit-identical results), or
+/// is refused where the CPU lacks VNNI; `Isa::detect` keeps reporting the f32 kernels.
+#[test]
+fn sgemm_treats_vnni_as_avx2() {
+    use pare_runtime::{BOperand, Epilogue, Gemm};
+    assert_ne!(Isa::detect(), Isa::Avx512Vnni);
+    let (m, n, k) = (13, 37, 29);
+    let a = common::fill(m * k, 1);
+    let b = common::fill(k * n, 2);
+    let run = |isa: Isa| {
+        let mut c = vec![0.0f32; m * n];
+        Gemm {
+            m,
+            n,
+            k,
+            alpha: 1.0,
+            beta: 0.0,
+            a: &a,
+            lda: k,
+            trans_a: false,
+            b: BOperand::Dense {
+                data: &b,
+                ld: n,
+                trans: false,
+            },
+            epilogue: Epilogue::default(),
+            threads: 1,
+            isa,
+        }
+        .run(&mut c, n)
+        .map(|()| c)
+    };
+    if Isa::Avx512Vnni.supported() {
+        assert_eq!(run(Isa::Avx512Vnni).unwrap(), run(Isa::Avx2Fma).unwrap());
+    } else {
+        println!("skipping the VNNI comparison: not supported by this CPU");
+        assert_eq!(
+            run(Isa::Avx512Vnni).unwrap_err(),
+            GemmError::UnsupportedIsa(Isa::Avx512Vnni)
+        );
     }
 }

@@ -45,10 +45,16 @@ pub enum Isa {
     Avx2Fma,
     /// Portable Rust, auto-vectorized for the compile target's baseline (SSE2 on x86-64).
     Generic,
+    /// x86-64 AVX-512 VNNI (with AVX-512 F/BW/VL, AVX2 and FMA): the int8 GEMM's `vpdpbusd`
+    /// kernel ([`crate::qgemm`]). The f32 SGEMM has no AVX-512 kernel and runs its AVX2+FMA
+    /// one for this choice. [`Isa::detect`] never returns it (it reports the f32 kernels); the
+    /// int8 GEMM's [`Isa::Auto`] picks it when [`Isa::supported`] says so.
+    Avx512Vnni,
 }
 
 impl Isa {
-    /// The instruction set [`Isa::Auto`] resolves to on this CPU.
+    /// The instruction set the f32 SGEMM's [`Isa::Auto`] resolves to on this CPU (`Avx2Fma` or
+    /// `Generic`; see [`Isa::Avx512Vnni`] for the int8 GEMM).
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -59,15 +65,37 @@ impl Isa {
         Isa::Generic
     }
 
+    /// Whether the running CPU can execute this choice's kernels (`Auto` and `Generic`: always).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Auto | Isa::Generic => true,
+            Isa::Avx2Fma => Isa::detect() == Isa::Avx2Fma,
+            Isa::Avx512Vnni => {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    Isa::detect() == Isa::Avx2Fma
+                        && std::is_x86_feature_detected!("avx512f")
+                        && std::is_x86_feature_detected!("avx512bw")
+                        && std::is_x86_feature_detected!("avx512vl")
+                        && std::is_x86_feature_detected!("avx512vnni")
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                false
+            }
+        }
+    }
+
+    /// The f32 kernels to run: `Avx512Vnni` runs the AVX2+FMA SGEMM (a CPU with AVX-512 VNNI
+    /// has both).
     fn resolve(self) -> Result<Isa, GemmError> {
         match self {
             Isa::Auto => Ok(Isa::detect()),
             Isa::Generic => Ok(Isa::Generic),
-            Isa::Avx2Fma => {
-                if Isa::detect() == Isa::Avx2Fma {
+            Isa::Avx2Fma | Isa::Avx512Vnni => {
+                if self.supported() {
                     Ok(Isa::Avx2Fma)
                 } else {
-                    Err(GemmError::UnsupportedIsa(Isa::Avx2Fma))
+                    Err(GemmError::UnsupportedIsa(self))
                 }
             }
         }
