@@ -23,6 +23,7 @@ pub mod codegen;
 pub mod fused;
 pub mod lower;
 pub mod plan;
+pub mod qfuse;
 
 pub use artifact::{emit_artifact, Emit, Target};
 
@@ -118,10 +119,12 @@ pub struct Options {
 
 /// The pipeline `pare compile` runs before lowering: constant subgraphs are folded even when
 /// that grows the constants (up to 1 GiB more), because the artifact needs their values
-/// anyway and computing them at run time would be wasted work: a weight stored as
-/// `DequantizeLinear(int8 codes, scale)` by `quantize` compiles to its f32 values (no integer
-/// kernels yet), then `canonicalize` runs to its fixpoint.
-pub const COMPILE_PIPELINE: &str = "fold-constants(max-growth-bytes=1073741824),canonicalize";
+/// anyway and computing them at run time would be wasted work, then `canonicalize` runs to its
+/// fixpoint. Quantized MatMuls were turned into the int8 kernel's node before this runs
+/// ([`qfuse`]); other weights stored as `DequantizeLinear(int8 codes, scale)` (convolutions,
+/// weight-only int4) compile to their f32 values.
+pub const COMPILE_PIPELINE: &str =
+    "fold-constants(max-growth-bytes=1073741824,keep-compressed=false),canonicalize";
 
 impl Default for Options {
     fn default() -> Self {
@@ -274,6 +277,18 @@ pub fn prepare(g: &mut pare_ir::Graph, opts: &Options) -> Result<()> {
                 },
             });
         }
+    }
+    // Before constant folding turns the int8 weights of quantized MatMuls into f32 values.
+    let q = qfuse::fuse_quantized(g);
+    if q != qfuse::QFuseStats::default() {
+        tracing::info!(
+            dynamic = q.dynamic,
+            static_ = q.static_,
+            fake_quant = q.fake_quant,
+            qoperator = q.qoperator,
+            "quantized MatMuls compiled to the int8 kernel"
+        );
+        pare_ir::infer::infer_types(g).map_err(|e| BackendError::Prepare(e.to_string()))?;
     }
     let reg = pare_passes::registry();
     let mut cx = pare_pass::PassContext::new();

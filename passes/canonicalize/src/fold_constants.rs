@@ -6,7 +6,7 @@ use crate::util::{
     shape_of,
 };
 use pare_interp::{eval_node, Value};
-use pare_ir::{Graph, NodeId, Op, Tensor, TensorType, Use, ValueId};
+use pare_ir::{DType, Graph, NodeId, Op, Tensor, TensorType, Use, ValueId};
 use pare_pass::{Pass, PassContext, PassError, PassReport};
 use serde::Deserialize;
 
@@ -17,12 +17,17 @@ pub struct FoldConstantsOptions {
     /// A node is not folded when its folded outputs would take more than this many bytes
     /// beyond the constants the fold frees (operands read by this node only).
     pub max_growth_bytes: u64,
+    /// Never grow compressed constants: `DequantizeLinear` of constants and `Cast`s of
+    /// constants from 16-bit floats or 8/4-bit integers to f32/f64 fold only when the result
+    /// takes no more bytes than what it frees.
+    pub keep_compressed: bool,
 }
 
 impl Default for FoldConstantsOptions {
     fn default() -> Self {
         FoldConstantsOptions {
             max_growth_bytes: DEFAULT_MAX_GROWTH,
+            keep_compressed: true,
         }
     }
 }
@@ -52,9 +57,12 @@ pub const DEFAULT_MAX_GROWTH: u64 = 64 * 1024;
 /// **Size rule.** A fold is skipped when the folded outputs would take more than
 /// `max-growth-bytes` (default 64 KiB) more bytes than the constant operands it frees (those
 /// read by this node only). This keeps `Expand`/`Tile`/`ConstantOfShape`/`Range` of small
-/// constants from materializing large tensors, and keeps compressed weights compressed
-/// (`DequantizeLinear` of int8 weights or `Cast` of f16 weights would grow them 2-4x), which
-/// matters more here than the ~1M-element rule of thumb. When the output size cannot be
+/// constants from materializing large tensors. Compressed weights stay compressed whatever
+/// their size (`keep-compressed`, default true): a `DequantizeLinear` or a `Cast` of
+/// constants folds only when its result is no larger than the constants it frees, so a
+/// quantized or f16 model keeps its small weights small after `canonicalize` (set
+/// `keep-compressed=false` to let them fold within `max-growth-bytes`, as `pare compile`
+/// does, which needs their f32 values anyway). When the output size cannot be
 /// predicted from types, growth-prone ops (`Expand`, `Tile`, `ConstantOfShape`, `Range`,
 /// `OneHot`, `Resize`, `Pad`) are skipped and other ops are evaluated and checked afterwards.
 ///
@@ -108,7 +116,13 @@ impl Pass for FoldConstants {
                     continue;
                 }
             }
-            match try_fold(g, n, self.opts.max_growth_bytes) {
+            let decompresses = decompresses(g, n);
+            let growth = if self.opts.keep_compressed && decompresses {
+                0
+            } else {
+                self.opts.max_growth_bytes
+            };
+            match try_fold(g, n, growth) {
                 Fold::Done => folded += 1,
                 Fold::TooLarge => skipped_large += 1,
                 Fold::Failed(msg) => notes.push(format!(
@@ -231,6 +245,23 @@ fn fits(t: &Tensor, ty: &TensorType) -> bool {
                     .zip(t.shape())
                     .all(|(d, &e)| d.fixed().is_none_or(|f| f == e as u64))
         }
+    }
+}
+
+/// True for the ops that expand a compressed weight: `DequantizeLinear`, and a `Cast` from a
+/// narrow storage type (16-bit floats, 8- and 4-bit integers) to a wider float.
+fn decompresses(g: &Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    match &node.op {
+        Op::DequantizeLinear(_) => true,
+        Op::Cast(a) => {
+            let from = node.input(0).and_then(|v| g.value(v).ty.dtype);
+            matches!(
+                from,
+                Some(DType::F16 | DType::BF16 | DType::I8 | DType::U8 | DType::I4 | DType::U4)
+            ) && matches!(a.to, DType::F32 | DType::F64)
+        }
+        _ => false,
     }
 }
 

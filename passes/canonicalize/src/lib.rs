@@ -46,6 +46,12 @@ pub fn register(reg: &mut Registry) {
             "int",
             &DEFAULT_MAX_GROWTH.to_string(),
             "skip a fold whose outputs take more than this many bytes beyond the constants it frees",
+        )
+        .option(
+            "keep-compressed",
+            "bool",
+            "true",
+            "never fold a DequantizeLinear or Cast of constants into something larger (quantized and f16 weights stay small)",
         ),
         |opts| {
             Ok(Box::new(FoldConstants::new(

@@ -124,10 +124,33 @@ fn folds_many_dtypes_exactly() {
       %y = Mul(%x, %s) : f32[4]
     }"#;
     let g = parse(text);
-    let (out, _) = run_checked("fold-constants,dce", &g, &[]);
+    let (out, _) = run_checked("fold-constants(keep-compressed=false),dce", &g, &[]);
     let p = print(&out);
     assert!(p.contains("%s = const f32[4] [2.5, 3.5, 2.0, 7.25]"), "{p}");
     assert_eq!(out.num_nodes(), 1, "{p}");
+    // By default the f16 constant stays f16 (its Cast would double it); the rest folds.
+    let (kept, _) = run_checked("fold-constants,dce", &g, &[]);
+    let p = print(&kept);
+    assert!(p.contains("%hf = Cast(%h)"), "{p}");
+    assert!(!p.contains("Abs(") && !p.contains("Cast(%b)"), "{p}");
+}
+
+#[test]
+fn small_quantized_weights_stay_quantized() {
+    // A 16-element int8 weight: its f32 form is within the 64 KiB growth limit, but folding
+    // it would undo the quantization, so only keep-compressed=false folds it.
+    let text = r#"graph @main(%x: f32[2,4]) -> (%y) {
+      %q = const i8[4,4] [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+      %s = const f32[] [0.5]
+      %w = DequantizeLinear(%q, %s) : f32[4,4]
+      %y = MatMul(%x, %w) : f32[2,4]
+    }"#;
+    let g = parse(text);
+    let (kept, _) = run_checked("fold-constants,dce", &g, &[]);
+    assert!(print(&kept).contains("DequantizeLinear("), "{}", print(&kept));
+    let (folded, _) = run_checked("fold-constants(keep-compressed=false),dce", &g, &[]);
+    let p = print(&folded);
+    assert!(!p.contains("DequantizeLinear(") && p.contains("%w = const f32[4,4]"), "{p}");
 }
 
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use pare_runtime::ops::conv::{
     conv_prepare_weights, conv_transpose_prepare_weights, ConvParams, ConvTransposeParams,
 };
 use pare_runtime::ops::matmul::{matmul_prepare_b, MatMulBias, MatMulParams};
+use pare_runtime::ops::qmatmul::{qmatmul_prepare_b, QMatMulParams, QuantA};
 use pare_runtime::Activation;
 
 /// A kernel whose epilogue may still absorb elementwise nodes.
@@ -24,6 +25,7 @@ enum EpiKind {
     Conv(ConvParams),
     ConvT(ConvTransposeParams),
     MatMul(MatMulParams),
+    QMatMul(QMatMulParams),
 }
 
 impl EpiKind {
@@ -32,6 +34,7 @@ impl EpiKind {
             EpiKind::Conv(p) => p.activation,
             EpiKind::ConvT(p) => p.activation,
             EpiKind::MatMul(p) => p.activation,
+            EpiKind::QMatMul(p) => p.activation,
         }
     }
     fn encode(&self) -> Vec<i64> {
@@ -39,6 +42,7 @@ impl EpiKind {
             EpiKind::Conv(p) => p.encode(),
             EpiKind::ConvT(p) => p.encode(),
             EpiKind::MatMul(p) => p.encode(),
+            EpiKind::QMatMul(p) => p.encode(),
         }
     }
     /// Index of the output in the kernel's bufs.
@@ -46,7 +50,7 @@ impl EpiKind {
         match self {
             EpiKind::Conv(_) => 4,
             EpiKind::ConvT(_) => 3,
-            EpiKind::MatMul(_) => 4,
+            EpiKind::MatMul(_) | EpiKind::QMatMul(_) => 4,
         }
     }
 }
@@ -486,6 +490,77 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
     }
 }
 
+/// Lowers a QMatMul node (see [`crate::qfuse`]) to `pare_k_qmatmul` with the weight packed at
+/// compile time; bias, residual and activation are folded into its epilogue like a MatMul's.
+pub(crate) fn lower_qmatmul(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result<()> {
+    let g = b.g;
+    let node = g.node(n);
+    let a = match crate::qfuse::as_qmatmul(&node.op) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => return Err(unsupported(g, n, e)),
+        None => return Err(unsupported(g, n, "not a QMatMul")),
+    };
+    let x = input(g, n, 0)?;
+    let wv = input(g, n, 1)?;
+    let sv = input(g, n, 2)?;
+    let y = node.outputs()[0];
+    let xs = shape(g, x)?;
+    if dtype(g, x)? != DType::F32 || xs.last() != Some(&a.k) {
+        return Err(unsupported(
+            g,
+            n,
+            format!("input of shape {xs:?}, K = {}", a.k),
+        ));
+    }
+    let m: usize = xs[..xs.len() - 1].iter().product();
+    let codes: Vec<i8> = g
+        .constant(wv)
+        .and_then(|t| t.to_vec::<i8>().ok())
+        .filter(|c| c.len() == a.k * a.n)
+        .ok_or_else(|| unsupported(g, n, "the weight must be a constant int8 [K, N] matrix"))?;
+    let scales = f32_const(g, n, sv, "the weight scale")?;
+    if scales.len() != a.n {
+        return Err(unsupported(g, n, "the weight scale must have N values"));
+    }
+    let (blob, format, seven_bit) = qmatmul_prepare_b(a.k, a.n, &codes, &scales)
+        .map_err(|e| unsupported(g, n, format!("packing the int8 weight: {e}")))?;
+    let quant = match a.quant {
+        crate::qfuse::ActQuant::Dynamic => QuantA::Dynamic,
+        crate::qfuse::ActQuant::Static { scale, zero } => QuantA::Static { scale, zero },
+    };
+    let mut p = QMatMulParams::new(m, a.n, a.k, format, quant);
+    p.seven_bit = seven_bit;
+    let mut bytes = Vec::with_capacity(blob.len() * 4);
+    for w in &blob {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    let b_op = Operand::Const(b.add_const(&format!("{}.packed", g.value(wv).name), bytes));
+    let xo = value_operand(b, x);
+    let idx = kernel(
+        b,
+        n,
+        "pare_k_qmatmul",
+        p.encode(),
+        vec![
+            xo,
+            b_op,
+            Operand::Null,
+            Operand::Null,
+            Operand::Value(y),
+            Operand::Scratch,
+        ],
+        p.scratch_bytes() as u64,
+    );
+    cx.epi.insert(
+        y,
+        Epi {
+            item: idx,
+            kind: EpiKind::QMatMul(p),
+        },
+    );
+    Ok(())
+}
+
 fn scalar_const(g: &Graph, v: Option<ValueId>) -> Option<Option<f32>> {
     match v {
         None => Some(None),
@@ -555,6 +630,7 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                 EpiKind::Conv(p) => p.activation = act,
                 EpiKind::ConvT(p) => p.activation = act,
                 EpiKind::MatMul(p) => p.activation = act,
+                EpiKind::QMatMul(p) => p.activation = act,
             }
         } else if matches!(node.op, Op::Add) && ident {
             let other = node.inputs()[1 - pos].expect("binary");
@@ -597,6 +673,22 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                 {
                     p.bias = MatMulBias::PerColumn;
                     new_bias = Some(other);
+                }
+                EpiKind::QMatMul(p)
+                    if !p.has_bias
+                        && !p.has_residual
+                        && g.constant(other).is_some()
+                        && per_channel(ys.len() - 1)
+                        && shape(g, other)?.iter().product::<usize>() == p.n =>
+                {
+                    p.has_bias = true;
+                    new_bias = Some(other);
+                }
+                EpiKind::QMatMul(p)
+                    if !p.has_residual && same && b.ready_before(other, epi.item) =>
+                {
+                    p.has_residual = true;
+                    new_res = Some(other);
                 }
                 EpiKind::Conv(p) if !p.has_residual && same && b.ready_before(other, epi.item) => {
                     p.has_residual = true;

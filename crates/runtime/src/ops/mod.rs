@@ -75,5 +75,6 @@ pub mod copy;
 pub mod gather;
 pub mod lstm;
 pub mod norm;
+pub mod qmatmul;
 pub mod reduce;
 pub mod resize;
