@@ -147,10 +147,17 @@ fn small_quantized_weights_stay_quantized() {
     }"#;
     let g = parse(text);
     let (kept, _) = run_checked("fold-constants,dce", &g, &[]);
-    assert!(print(&kept).contains("DequantizeLinear("), "{}", print(&kept));
+    assert!(
+        print(&kept).contains("DequantizeLinear("),
+        "{}",
+        print(&kept)
+    );
     let (folded, _) = run_checked("fold-constants(keep-compressed=false),dce", &g, &[]);
     let p = print(&folded);
-    assert!(!p.contains("DequantizeLinear(") && p.contains("%w = const f32[4,4]"), "{p}");
+    assert!(
+        !p.contains("DequantizeLinear(") && p.contains("%w = const f32[4,4]"),
+        "{p}"
+    );
 }
 
 #[derive(Debug)]

@@ -11,6 +11,7 @@ use pare_runtime::ops::conv::{
 };
 use pare_runtime::ops::matmul::{matmul_prepare_b, MatMulBias, MatMulParams};
 use pare_runtime::ops::qmatmul::{qmatmul_prepare_b, QMatMulParams, QuantA};
+use pare_runtime::ops::spmm::{spmm_is_faster, spmm_prepare_b, SpmmParams};
 use pare_runtime::Activation;
 
 /// A kernel whose epilogue may still absorb elementwise nodes.
@@ -26,6 +27,7 @@ enum EpiKind {
     ConvT(ConvTransposeParams),
     MatMul(MatMulParams),
     QMatMul(QMatMulParams),
+    Spmm(SpmmParams),
 }
 
 impl EpiKind {
@@ -35,6 +37,7 @@ impl EpiKind {
             EpiKind::ConvT(p) => p.activation,
             EpiKind::MatMul(p) => p.activation,
             EpiKind::QMatMul(p) => p.activation,
+            EpiKind::Spmm(p) => p.activation,
         }
     }
     fn encode(&self) -> Vec<i64> {
@@ -43,6 +46,7 @@ impl EpiKind {
             EpiKind::ConvT(p) => p.encode(),
             EpiKind::MatMul(p) => p.encode(),
             EpiKind::QMatMul(p) => p.encode(),
+            EpiKind::Spmm(p) => p.encode(),
         }
     }
     /// Index of the output in the kernel's bufs.
@@ -50,7 +54,7 @@ impl EpiKind {
         match self {
             EpiKind::Conv(_) => 4,
             EpiKind::ConvT(_) => 3,
-            EpiKind::MatMul(_) | EpiKind::QMatMul(_) => 4,
+            EpiKind::MatMul(_) | EpiKind::QMatMul(_) | EpiKind::Spmm(_) => 4,
         }
     }
 }
@@ -332,13 +336,16 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
             let mut p = MatMulParams::new(1, m, nn, k);
             let b_op;
             if b_count == 1 && g.constant(bv).is_some() {
+                let bdata = f32_const(g, n, bv, "B")?;
+                if spmm_is_faster(m * a_count, k, nn, &bdata, false) {
+                    return lower_spmm(b, cx, n, (m * a_count, k, nn), &bdata, false, av, y, None);
+                }
                 // Shared constant B: fold A's batches into M, B packed at compile time.
                 p.batch = 1;
                 p.m = m * a_count;
                 p.a_batch_stride = p.m * k;
                 p.b_batch_stride = 0;
                 p.b_prepacked = true;
-                let bdata = f32_const(g, n, bv, "B")?;
                 let packed = matmul_prepare_b(&p, &bdata);
                 b_op = Operand::Const(
                     b.add_const(&format!("{}.packed", g.value(bv).name), f32_bytes(&packed)),
@@ -409,6 +416,33 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
                 (as_[0], as_[1])
             };
             let nn = if a.trans_b { bs[0] } else { bs[1] };
+            // A per-column constant C (or none) becomes the sparse kernel's bias.
+            let c_bias = match cv {
+                None => Some(None),
+                Some(c) => g
+                    .constant(c)
+                    .filter(|t| t.numel() == nn || t.numel() == 1)
+                    .and_then(|t| t.to_f64_vec())
+                    .map(|v| {
+                        Some(
+                            (0..nn)
+                                .map(|j| (v[if v.len() == 1 { 0 } else { j }] as f32) * a.beta)
+                                .collect::<Vec<f32>>(),
+                        )
+                    }),
+            };
+            if let (false, true, Some(bias), true) =
+                (a.trans_a, a.alpha == 1.0, c_bias, g.constant(bv).is_some())
+            {
+                let bdata = f32_const(g, n, bv, "B")?;
+                if spmm_is_faster(m, k, nn, &bdata, a.trans_b) {
+                    let bias = bias.map(|v| {
+                        let name = format!("{}.bias", g.value(y).name);
+                        Operand::Const(b.add_const(&name, f32_bytes(&v)))
+                    });
+                    return lower_spmm(b, cx, n, (m, k, nn), &bdata, a.trans_b, av, y, bias);
+                }
+            }
             let mut p = MatMulParams::new(1, m, nn, k);
             p.trans_a = a.trans_a;
             p.trans_b = a.trans_b;
@@ -488,6 +522,62 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
         }
         _ => Err(unsupported(g, n, "not a GEMM-class op")),
     }
+}
+
+/// Lowers a MatMul/Gemm whose constant weight is sparse enough that the sparse kernel
+/// (`pare_k_spmm`, CSR per output column) is measured to beat the dense SGEMM
+/// ([`spmm_is_faster`]); bias, residual and activation fold into its epilogue.
+#[allow(clippy::too_many_arguments)] // the node's operands
+fn lower_spmm(
+    b: &mut Builder<'_>,
+    cx: &mut Lowering,
+    n: NodeId,
+    (m, k, nn): (usize, usize, usize),
+    w: &[f32],
+    trans_b: bool,
+    av: ValueId,
+    y: ValueId,
+    bias: Option<Operand>,
+) -> Result<()> {
+    let g = b.g;
+    let blob = spmm_prepare_b(k, nn, w, trans_b)
+        .map_err(|e| unsupported(g, n, format!("packing the sparse weight: {e}")))?;
+    let mut p = SpmmParams::for_weight(m, &blob)
+        .map_err(|e| unsupported(g, n, format!("sparse weight: {e}")))?;
+    p.has_bias = bias.is_some();
+    let mut bytes = Vec::with_capacity(blob.len() * 4);
+    for word in &blob {
+        bytes.extend_from_slice(&word.to_le_bytes());
+    }
+    let wname = g
+        .node(n)
+        .input(1)
+        .map_or_else(|| "w".to_string(), |v| g.value(v).name.clone());
+    let b_op = Operand::Const(b.add_const(&format!("{wname}.sparse"), bytes));
+    let ao = value_operand(b, av);
+    let idx = kernel(
+        b,
+        n,
+        "pare_k_spmm",
+        p.encode(),
+        vec![
+            ao,
+            b_op,
+            bias.unwrap_or(Operand::Null),
+            Operand::Null,
+            Operand::Value(y),
+            Operand::Scratch,
+        ],
+        p.scratch_bytes() as u64,
+    );
+    cx.epi.insert(
+        y,
+        Epi {
+            item: idx,
+            kind: EpiKind::Spmm(p),
+        },
+    );
+    Ok(())
 }
 
 /// Lowers a QMatMul node (see [`crate::qfuse`]) to `pare_k_qmatmul` with the weight packed at
@@ -631,6 +721,7 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                 EpiKind::ConvT(p) => p.activation = act,
                 EpiKind::MatMul(p) => p.activation = act,
                 EpiKind::QMatMul(p) => p.activation = act,
+                EpiKind::Spmm(p) => p.activation = act,
             }
         } else if matches!(node.op, Op::Add) && ident {
             let other = node.inputs()[1 - pos].expect("binary");
@@ -674,20 +765,31 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                     p.bias = MatMulBias::PerColumn;
                     new_bias = Some(other);
                 }
-                EpiKind::QMatMul(p)
-                    if !p.has_bias
-                        && !p.has_residual
-                        && g.constant(other).is_some()
-                        && per_channel(ys.len() - 1)
-                        && shape(g, other)?.iter().product::<usize>() == p.n =>
+                EpiKind::QMatMul(QMatMulParams {
+                    has_bias,
+                    has_residual,
+                    n,
+                    ..
+                })
+                | EpiKind::Spmm(SpmmParams {
+                    has_bias,
+                    has_residual,
+                    n,
+                    ..
+                }) if !*has_bias
+                    && !*has_residual
+                    && g.constant(other).is_some()
+                    && per_channel(ys.len() - 1)
+                    && shape(g, other)?.iter().product::<usize>() == *n =>
                 {
-                    p.has_bias = true;
+                    *has_bias = true;
                     new_bias = Some(other);
                 }
-                EpiKind::QMatMul(p)
-                    if !p.has_residual && same && b.ready_before(other, epi.item) =>
+                EpiKind::QMatMul(QMatMulParams { has_residual, .. })
+                | EpiKind::Spmm(SpmmParams { has_residual, .. })
+                    if !*has_residual && same && b.ready_before(other, epi.item) =>
                 {
-                    p.has_residual = true;
+                    *has_residual = true;
                     new_res = Some(other);
                 }
                 EpiKind::Conv(p) if !p.has_residual && same && b.ready_before(other, epi.item) => {

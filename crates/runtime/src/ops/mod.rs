@@ -78,3 +78,4 @@ pub mod norm;
 pub mod qmatmul;
 pub mod reduce;
 pub mod resize;
+pub mod spmm;
