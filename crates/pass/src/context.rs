@@ -29,11 +29,12 @@ fn fingerprint(g: &Graph) -> Fingerprint {
     (g.node_capacity(), g.value_capacity(), g.num_nodes())
 }
 
-/// What a pass sees besides the graph: cached analyses, calibration samples, thread count and
-/// whether to draw progress bars.
+/// What a pass sees besides the graph: cached analyses, calibration samples, the graph as it
+/// entered the pipeline, thread count and whether to draw progress bars.
 pub struct PassContext {
     cache: HashMap<TypeId, (Fingerprint, Arc<dyn Any + Send + Sync>)>,
     samples: Option<Arc<SampleSet>>,
+    input_graph: Option<Arc<Graph>>,
     threads: usize,
     progress: bool,
     seed: u64,
@@ -51,6 +52,7 @@ impl PassContext {
         PassContext {
             cache: HashMap::new(),
             samples: None,
+            input_graph: None,
             threads: 0,
             progress: false,
             seed: 0x5eed,
@@ -61,6 +63,29 @@ impl PassContext {
     pub fn with_samples(mut self, s: SampleSet) -> PassContext {
         self.samples = Some(Arc::new(s));
         self
+    }
+
+    /// Sets the graph [`PassContext::input_graph`] returns (the pass manager records it itself
+    /// when none is set; tests and callers that run passes one by one set it here).
+    pub fn with_input_graph(mut self, g: Graph) -> PassContext {
+        self.input_graph = Some(Arc::new(g));
+        self
+    }
+
+    /// Replaces (or, with `None`, forgets) the recorded input graph.
+    pub fn set_input_graph(&mut self, g: Option<Arc<Graph>>) {
+        self.input_graph = g;
+    }
+
+    /// The graph as it entered the first pipeline run with this context (see
+    /// [`crate::PassManager::run`]), before any pass changed it: for passes that need the
+    /// original weights after a lossy pass replaced them (EoRA compensates a quantized weight
+    /// with the dense one). Passes only read it; match its nodes and values to the current
+    /// graph by name, since ids differ. Constants are shared with the original (tensor data is
+    /// reference-counted), so the record costs no copy of the weights, but it keeps them alive
+    /// until the context is dropped.
+    pub fn input_graph(&self) -> Option<&Arc<Graph>> {
+        self.input_graph.as_ref()
     }
 
     /// Sets the thread count for interpreter runs (0 = all cores).

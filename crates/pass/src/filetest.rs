@@ -6,6 +6,7 @@
 //! // BIND: N=2,seq=3                     symbolic dims for the numeric check
 //! // TOLERANCE: 1e-5                     relative tolerance of the numeric check (default 1e-5)
 //! // NO-NUMERIC                          skip the numeric check
+//! // CALIB: 4                            run the pipeline with 4 random calibration samples
 //! // CHECK: text                         substring of a later output line (in order)
 //! // CHECK-NEXT: text                    substring of the line after the previous match
 //! // CHECK-NOT: text                     absent between the previous and the next match
@@ -16,7 +17,9 @@
 //! // OUT: line                           the whole printed output (written by bless mode)
 //! ```
 //!
-//! The runner parses the graph, runs the pipeline with verify-each, prints the result
+//! The runner parses the graph, runs the pipeline with verify-each (with `CALIB: n`, on a
+//! context holding `n` random samples drawn like the numeric check's inputs, with other
+//! seeds, so passes that need `--calib` can be tested), prints the result
 //! (constants over 16 elements elided), checks the CHECK lines and the `OUT` block, and
 //! compares the interpreter's outputs on the original and transformed graphs on random inputs
 //! (f32 ~ N(0,1), integers in [0,4), random booleans), so every rewrite is also checked
@@ -44,6 +47,7 @@ pub struct FileTest {
     bind: BTreeMap<String, u64>,
     tolerance: f64,
     numeric: bool,
+    calib: usize,
     checks: Vec<(CheckKind, String, usize)>,
     error: Option<String>,
     out: Vec<String>,
@@ -59,6 +63,7 @@ pub fn parse(text: &str) -> Result<FileTest, String> {
         bind: BTreeMap::new(),
         tolerance: 1e-5,
         numeric: true,
+        calib: 0,
         checks: Vec::new(),
         error: None,
         out: Vec::new(),
@@ -105,6 +110,10 @@ pub fn parse(text: &str) -> Result<FileTest, String> {
             t.tolerance = r
                 .parse()
                 .map_err(|_| format!("line {lineno}: bad TOLERANCE '{r}'"))?;
+        } else if let Some(r) = directive("CALIB") {
+            t.calib = r
+                .parse()
+                .map_err(|_| format!("line {lineno}: bad CALIB '{r}' (a sample count)"))?;
         } else if c.trim() == "NO-NUMERIC" {
             t.numeric = false;
         } else if let Some(r) = directive("CHECK") {
@@ -329,6 +338,24 @@ pub fn run_file(registry: &Registry, path: &Path, bless: bool) -> Result<Outcome
     pare_ir::verify(&original).map_err(|e| format!("the input IR is invalid: {e}"))?;
     let mut g = original.clone();
     let mut cx = PassContext::new().with_threads(1);
+    if t.calib > 0 {
+        let samples = (0..t.calib as u64)
+            .map(|i| {
+                Ok(crate::Sample {
+                    origin: PathBuf::from(format!("generated calibration sample {i}")),
+                    inputs: random_inputs(&original, &t.bind, 0x5eed_ca1b ^ (i << 20))?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        cx = cx.with_samples(crate::SampleSet {
+            input_names: original
+                .inputs()
+                .iter()
+                .map(|&v| original.value(v).name.clone())
+                .collect(),
+            samples,
+        });
+    }
     let result = run_pipeline(registry, &t.run, &mut g, &mut cx);
     let output = match (&result, &t.error) {
         (Err(e), Some(want)) => {
@@ -480,10 +507,12 @@ mod tests {
     #[test]
     fn directives_parse() {
         let t = parse(
-            "// RUN: a,b(x=1)\n// BIND: N=2\n// CHECK: foo\n// OUT: bar\ngraph @g() -> () {\n}\n",
+            "// RUN: a,b(x=1)\n// BIND: N=2\n// CALIB: 3\n// CHECK: foo\n// OUT: bar\ngraph @g() -> () {\n}\n",
         )
         .unwrap();
         assert_eq!(t.run, "a,b(x=1)");
+        assert_eq!(t.calib, 3);
+        assert!(parse("// RUN: a\n// CALIB: many\n").is_err());
         assert_eq!(t.bind["N"], 2);
         assert_eq!(t.out, vec!["bar"]);
         assert!(!t.body.contains("OUT"));

@@ -155,13 +155,19 @@ impl PassManager {
     }
 
     /// Runs the pipeline on `g`. On failure the graph may be partly transformed; a
-    /// reproducer is written when [`Instrumentation::repro_dir`] is set.
+    /// reproducer is written when [`Instrumentation::repro_dir`] is set. When `cx` has no
+    /// [`PassContext::input_graph`] yet, `g` as it is now is recorded there first (a shallow
+    /// copy: constants share their data), so later passes can read the weights as they were
+    /// before the pipeline.
     pub fn run(
         &mut self,
         g: &mut Graph,
         cx: &mut PassContext,
     ) -> Result<PipelineReport, PassError> {
         let t0 = Instant::now();
+        if cx.input_graph().is_none() {
+            cx.set_input_graph(Some(Arc::new(g.clone())));
+        }
         let before = self.measure(g);
         let mut steps = std::mem::take(&mut self.steps);
         let mut reports = Vec::new();

@@ -193,3 +193,44 @@ fn options_are_checked_against_the_documentation() {
     );
     assert!(reg.build("opts(mode=b)").is_ok());
 }
+
+/// Counts the nodes of the recorded input graph and of the graph it is given.
+#[derive(Default)]
+struct ReadsInput;
+static INPUT_NODES: AtomicUsize = AtomicUsize::new(0);
+impl pare_pass::Pass for ReadsInput {
+    fn name(&self) -> &str {
+        "reads-input"
+    }
+    fn run(&mut self, _g: &mut Graph, cx: &mut PassContext) -> Result<PassReport, PassError> {
+        let input = cx
+            .input_graph()
+            .ok_or_else(|| PassError::failed("reads-input", "no input graph"))?;
+        INPUT_NODES.store(input.num_nodes(), Ordering::SeqCst);
+        Ok(PassReport::unchanged())
+    }
+}
+
+#[test]
+fn passes_see_the_graph_as_it_entered_the_pipeline() {
+    let mut reg = registry();
+    reg.register_default::<ReadsInput>("reads-input", "test");
+    let mut g = parse_graph(G).unwrap();
+    let original = g.clone();
+    let mut cx = PassContext::new();
+    assert!(cx.input_graph().is_none());
+    run_pipeline(&reg, "drop-one-relu,reads-input", &mut g, &mut cx).unwrap();
+    // The pass after drop-one-relu still sees all four nodes, with the original ids.
+    assert_eq!(INPUT_NODES.load(Ordering::SeqCst), 4);
+    assert_eq!(g.num_nodes(), 3);
+    let recorded = cx.input_graph().unwrap().clone();
+    assert_eq!(*recorded, original);
+    // A second pipeline on the same context keeps the first pipeline's input.
+    run_pipeline(&reg, "drop-one-relu", &mut g, &mut cx).unwrap();
+    assert!(Arc::ptr_eq(cx.input_graph().unwrap(), &recorded));
+    // Callers may set it (or clear it) themselves.
+    cx.set_input_graph(None);
+    let mut cx = cx.with_input_graph(g.clone());
+    run_pipeline(&reg, "reads-input", &mut g, &mut cx).unwrap();
+    assert_eq!(INPUT_NODES.load(Ordering::SeqCst), 2);
+}

@@ -33,11 +33,16 @@
 //! output error `√(tr(ΔWᵀHΔW) / tr(WᵀHW))` on the calibration data. Grouped and depthwise
 //! convolutions, Gemm with `transA = 1`, non-f32 weights and subgraphs are left alone.
 //!
-//! Not done yet: EoRA-style compensation of quantization error, per-layer rank search.
+//! The crate also holds `eora` ([`Eora`]): a low-rank correction of the error a compression
+//! pass left in a layer, fitted by the same whitened SVD (see [`eora_pass`]).
+//!
+//! Not done yet: per-layer rank search.
 
+pub mod eora_pass;
 mod factor;
 
-pub use factor::{asvd, product, svd, weighted_sq, FactorError, Factors, RankRule};
+pub use eora_pass::{Eora, EoraOptions};
+pub use factor::{asvd, eora, product, svd, weighted_sq, FactorError, Factors, RankRule};
 
 use pare_analysis::CalibStats;
 use pare_ir::op::{ConvAttrs, GemmAttrs};
@@ -118,8 +123,9 @@ impl LowRank {
     }
 }
 
-/// Registers `lowrank`.
+/// Registers `lowrank` and `eora`.
 pub fn register(reg: &mut Registry) {
+    eora_pass::register(reg);
     let d = LowRankOptions::default();
     reg.register(
         PassInfo::new(
