@@ -345,11 +345,15 @@ pub fn svg(points: &[Point], key: &str, dense: &GraphStats, title: &str) -> Stri
         .map(|p| p.weight_bytes as f64 / dense.weight_bytes.max(1) as f64)
         .collect();
     let ys: Vec<f64> = points.iter().map(|p| 1.0 - p.loss).collect();
-    let xmax = xs.iter().copied().fold(1.0f64, f64::max) * 1.05;
+    // The x range covers the points (the input model at 1.0 only when they come close).
+    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = xs.iter().copied().fold(0.0f64, f64::max);
+    let pad = ((hi - lo) * 0.1).max(0.01);
+    let (xmin, xmax) = ((lo - pad).max(0.0), hi + pad);
     let ymin = ys.iter().copied().fold(1.0f64, f64::min).clamp(0.0, 1.0);
     let ymin = (ymin - (1.0 - ymin) * 0.1).max(0.0);
     let ymin = if ymin >= 0.999 { 0.99 } else { ymin };
-    let px = |x: f64| l + (w - l - r) * x / xmax;
+    let px = |x: f64| l + (w - l - r) * (x - xmin) / (xmax - xmin);
     let py = |y: f64| t + (h - t - b) * (1.0 - (y - ymin) / (1.0 - ymin));
     let mut s = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -371,10 +375,10 @@ pub fn svg(points: &[Point], key: &str, dense: &GraphStats, title: &str) -> Stri
         (t + h - b) / 2.0,
     );
     for k in 0..=4 {
-        let x = xmax * k as f64 / 4.0;
+        let x = xmin + (xmax - xmin) * k as f64 / 4.0;
         let y = ymin + (1.0 - ymin) * k as f64 / 4.0;
         s.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.2}</text>\n\
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{x:.3}</text>\n\
              <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{y:.3}</text>\n",
             px(x),
             h - b + 16.0,
