@@ -17,11 +17,10 @@
 
 use pare_backend_llvm::{emit_artifact, Emit, Options};
 use pare_ir::{Graph, Tensor};
-use pare_pass::{PassContext, Sample, SampleSet};
+use pare_pass::{PassContext, SampleSet};
 use pare_runtime::loader::Library;
 use pare_runtime::npy::NpyArray;
 use pare_tests::{cases, data_set_dirs, read_data_set};
-use std::path::PathBuf;
 
 /// Compiles `g` for the shapes of `inputs`, runs it and returns the outputs as f32, with the
 /// kernel counts of the compile.
@@ -118,21 +117,7 @@ fn run_pipeline(g: &mut Graph, pipeline: &str, calib: &[Vec<Tensor>]) {
     let reg = pare_passes::registry();
     let mut cx = PassContext::new().with_threads(2);
     if !calib.is_empty() {
-        cx = cx.with_samples(SampleSet {
-            input_names: g
-                .inputs()
-                .iter()
-                .map(|&v| g.value(v).name.clone())
-                .collect(),
-            samples: calib
-                .iter()
-                .enumerate()
-                .map(|(i, x)| Sample {
-                    origin: PathBuf::from(format!("sample{i}")),
-                    inputs: x.clone(),
-                })
-                .collect(),
-        });
+        cx = cx.with_samples(SampleSet::from_inputs(g, calib.to_vec(), "sample"));
     }
     pare_pass::run_pipeline(&reg, pipeline, g, &mut cx)
         .unwrap_or_else(|e| panic!("{pipeline}: {e}"));

@@ -47,23 +47,13 @@ pub fn token_samples(g: &Graph, n: usize, batch: usize, seq: usize, seed: u64) -
                     _ => 1000 + (next() % 29522) as i64,
                 })
                 .collect();
-            Sample {
-                origin: PathBuf::from("generated"),
-                inputs: vec![
-                    Tensor::from_vec(vec![batch, seq], ids),
-                    Tensor::from_vec(vec![batch, seq], vec![1i64; batch * seq]),
-                ],
-            }
+            vec![
+                Tensor::from_vec(vec![batch, seq], ids),
+                Tensor::from_vec(vec![batch, seq], vec![1i64; batch * seq]),
+            ]
         })
         .collect();
-    SampleSet {
-        input_names: g
-            .inputs()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect(),
-        samples,
-    }
+    SampleSet::from_inputs(g, samples, "generated")
 }
 
 /// A set of samples for one graph.
@@ -237,6 +227,26 @@ fn is_sample_dir(dir: &Path) -> bool {
 }
 
 impl SampleSet {
+    /// A set for `g` from in-memory samples (one tensor per graph input each), named
+    /// `sample<i>` (or `origin` when given) in messages.
+    pub fn from_inputs(g: &Graph, samples: Vec<Vec<Tensor>>, origin: &str) -> SampleSet {
+        SampleSet {
+            input_names: g
+                .inputs()
+                .iter()
+                .map(|&v| g.value(v).name.clone())
+                .collect(),
+            samples: samples
+                .into_iter()
+                .enumerate()
+                .map(|(i, inputs)| Sample {
+                    origin: PathBuf::from(format!("{origin}{i}")),
+                    inputs,
+                })
+                .collect(),
+        }
+    }
+
     /// Loads samples for `g` from `dir`: a `.npz` file; the directory itself when it holds
     /// tensors; else each of its subdirectories that does (sorted by name, so
     /// `test_data_set_0`, `_1`, ...); else each `.npz` file in it.

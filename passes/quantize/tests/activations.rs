@@ -5,8 +5,7 @@
 //! MatMulInteger.
 
 use pare_ir::{Graph, PrintOptions, Tensor};
-use pare_pass::{PassContext, Sample, SampleSet};
-use std::path::PathBuf;
+use pare_pass::{PassContext, SampleSet};
 
 fn registry() -> pare_pass::Registry {
     let mut reg = pare_pass::Registry::new();
@@ -22,21 +21,7 @@ fn run(text: &str, pipeline: &str, calib: &[Vec<Tensor>]) -> (Graph, Graph, Stri
     let mut g = g0.clone();
     let mut cx = PassContext::new().with_threads(1);
     if !calib.is_empty() {
-        cx = cx.with_samples(SampleSet {
-            input_names: g
-                .inputs()
-                .iter()
-                .map(|&v| g.value(v).name.clone())
-                .collect(),
-            samples: calib
-                .iter()
-                .enumerate()
-                .map(|(i, x)| Sample {
-                    origin: PathBuf::from(format!("sample{i}")),
-                    inputs: x.clone(),
-                })
-                .collect(),
-        });
+        cx = cx.with_samples(SampleSet::from_inputs(&g, calib.to_vec(), "sample"));
     }
     pare_pass::run_pipeline(&registry(), pipeline, &mut g, &mut cx)
         .unwrap_or_else(|e| panic!("{pipeline}: {e}"));

@@ -10,7 +10,7 @@
 
 use pare_interp::Interpreter;
 use pare_ir::{parse_graph, Graph, Tensor};
-use pare_pass::{Pass, PassContext, PassReport, Sample, SampleSet};
+use pare_pass::{Pass, PassContext, PassReport, SampleSet};
 use pare_slice::{Scope, Slice, SliceOptions};
 
 const D: usize = 8;
@@ -144,19 +144,8 @@ fn ids(rng: &mut Rng, batch: usize) -> Tensor {
 
 fn samples(g: &Graph, n: usize, seed: u64) -> SampleSet {
     let mut rng = Rng(seed);
-    SampleSet {
-        input_names: g
-            .inputs()
-            .iter()
-            .map(|&v| g.value(v).name.clone())
-            .collect(),
-        samples: (0..n)
-            .map(|_| Sample {
-                origin: "generated".into(),
-                inputs: vec![ids(&mut rng, 4)],
-            })
-            .collect(),
-    }
+    let inputs = (0..n).map(|_| vec![ids(&mut rng, 4)]).collect();
+    SampleSet::from_inputs(g, inputs, "generated")
 }
 
 fn sliced(g: &Graph, ratio: f64, round_to: usize, calib: Option<SampleSet>) -> (Graph, PassReport) {

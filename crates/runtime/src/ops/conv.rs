@@ -289,6 +289,78 @@ pub(crate) enum Res<'a> {
     InPlace,
 }
 
+/// Buffer lengths of a GEMM-like C entry point whose `bufs` are
+/// `[a, b, bias, residual, c, scratch]` (`pare_k_qmatmul`, `pare_k_spmm`).
+pub(crate) struct GemmLens {
+    /// f32 elements of `a`.
+    pub a: usize,
+    /// 32-bit elements of the packed `b`.
+    pub b: usize,
+    /// f32 elements of the bias, when there is one.
+    pub bias: Option<usize>,
+    /// Whether a residual shaped like `c` is read.
+    pub residual: bool,
+    /// f32 elements of `c`.
+    pub c: usize,
+    /// Scratch bytes.
+    pub scratch: usize,
+}
+
+/// The operands [`gemm_bufs`] returns.
+pub(crate) struct GemmBufs<'a> {
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub res: Res<'a>,
+    pub c: &'a mut [f32],
+    pub scratch: &'a mut [u8],
+}
+
+/// Reads the 6 buffer pointers of a GEMM-like entry point; a residual pointer equal to `c` is
+/// an in-place residual (no separate slice is made for it).
+///
+/// # Safety
+/// `bufs` points to 6 pointers, each valid for the length `lens` gives it (null allowed for an
+/// absent bias or residual); inputs are not written during the call, and `c` and the scratch
+/// alias nothing else (except the in-place residual).
+pub(crate) unsafe fn gemm_bufs<'a>(
+    bufs: *const *mut u8,
+    lens: &GemmLens,
+) -> Result<GemmBufs<'a>, i32> {
+    // SAFETY: the caller's contract on `bufs` (6 pointers).
+    let bp = unsafe { c_bufs(bufs, 6) }?;
+    // SAFETY (all slices below): the caller's contract gives each pointer its length; inputs
+    // are not written and `c` and the scratch are not aliased, except an in-place residual,
+    // which is then not made into a separate slice.
+    let a = unsafe { c_in(bp[0], lens.a) }?;
+    let b = unsafe { c_in(bp[1], lens.b) }?;
+    let bias = match lens.bias {
+        // SAFETY: as above.
+        Some(n) => Some(unsafe { c_in(bp[2], n) }?),
+        None => None,
+    };
+    let res = if !lens.residual {
+        Res::None
+    } else if bp[3] == bp[4] {
+        Res::InPlace
+    } else {
+        // SAFETY: as above.
+        Res::Separate(unsafe { c_in(bp[3], lens.c) }?)
+    };
+    // SAFETY: as above.
+    let c = unsafe { c_out(bp[4], lens.c) }?;
+    // SAFETY: as above.
+    let scratch = unsafe { c_scratch(bp[5], lens.scratch) }?;
+    Ok(GemmBufs {
+        a,
+        b,
+        bias,
+        res,
+        c,
+        scratch,
+    })
+}
+
 /// The slice a C pointer describes, for the entry points.
 ///
 /// # Safety

@@ -29,8 +29,8 @@
 //! `c` itself), c (m·n f32), scratch ([`QMatMulParams::scratch_bytes`])]`.
 
 use super::conv::{
-    c_bufs, c_guard, c_in, c_out, c_params, c_scratch, decode_activation, encode_activation,
-    need_len, word_bool, word_usize, KernelError, ACT_WORDS, MAX_DIM,
+    c_guard, c_params, decode_activation, encode_activation, gemm_bufs, need_len, word_bool,
+    word_usize, GemmLens, KernelError, Res, ACT_WORDS, MAX_DIM,
 };
 use super::{f64_word, word_f64, STATUS_PARAMS};
 use crate::qgemm::{PackedQB, PackedQBRef, QbFormat};
@@ -379,12 +379,6 @@ pub fn qmatmul(
     )
 }
 
-enum Res<'a> {
-    None,
-    InPlace,
-    Separate(&'a [f32]),
-}
-
 #[allow(clippy::too_many_arguments)]
 fn qmatmul_impl(
     p: &QMatMulParams,
@@ -512,33 +506,18 @@ pub unsafe extern "C" fn pare_k_qmatmul(
         // SAFETY: the caller's contract on `params`.
         let words = unsafe { c_params(params, QMATMUL_TAG, QMATMUL_WORDS) }?;
         let p = QMatMulParams::decode(words).ok_or(STATUS_PARAMS)?;
-        // SAFETY: the caller's contract on `bufs`.
-        let bp = unsafe { c_bufs(bufs, 6) }?;
-        // SAFETY (all slices below): the buffer contract gives each pointer the length its
-        // shape implies; inputs are not written, `c` and the scratch are not aliased, except an
-        // in-place residual, which is then not made into a separate slice.
-        let a = unsafe { c_in(bp[0], p.a_len()) }?;
-        let b_f = unsafe { c_in(bp[1], p.b_len()) }?;
-        let bias = if p.has_bias {
-            // SAFETY: as above.
-            Some(unsafe { c_in(bp[2], p.n) }?)
-        } else {
-            None
+        let lens = GemmLens {
+            a: p.a_len(),
+            b: p.b_len(),
+            bias: p.has_bias.then_some(p.n),
+            residual: p.has_residual,
+            c: p.c_len(),
+            scratch: p.scratch_bytes(),
         };
-        let res = if !p.has_residual {
-            Res::None
-        } else if bp[3] == bp[4] {
-            Res::InPlace
-        } else {
-            // SAFETY: as above.
-            Res::Separate(unsafe { c_in(bp[3], p.c_len()) }?)
-        };
-        // SAFETY: as above.
-        let c = unsafe { c_out(bp[4], p.c_len()) }?;
-        // SAFETY: as above.
-        let scratch = unsafe { c_scratch(bp[5], p.scratch_bytes()) }?;
-        let b = cast_f32_words(b_f);
-        qmatmul_impl(&p, a, b, bias, res, c, scratch, threads).map_err(|e| e.status)
+        // SAFETY: the caller's contract on `bufs` is the one `gemm_bufs` needs.
+        let o = unsafe { gemm_bufs(bufs, &lens) }?;
+        let b = cast_f32_words(o.b);
+        qmatmul_impl(&p, o.a, b, o.bias, o.res, o.c, o.scratch, threads).map_err(|e| e.status)
     })
 }
 

@@ -47,9 +47,9 @@
 //! 8 columns); `Aᵀ` is built once, the final transpose is split by rows.
 
 use super::conv::{
-    c_bufs, c_guard, c_in, c_out, c_params, c_scratch, decode_activation, encode_activation,
-    need_len, run_parts, split_bounds, task_count, word_bool, word_usize, KernelError, Res,
-    ACT_WORDS, MAX_DIM, MIN_TASK_WORK,
+    c_guard, c_params, decode_activation, encode_activation, gemm_bufs, need_len, run_parts,
+    split_bounds, task_count, word_bool, word_usize, GemmLens, KernelError, Res, ACT_WORDS,
+    MAX_DIM, MIN_TASK_WORK,
 };
 use super::STATUS_PARAMS;
 use crate::{Activation, Isa};
@@ -990,40 +990,24 @@ pub unsafe extern "C" fn pare_k_spmm(
         // SAFETY: the caller's contract on `params`.
         let words = unsafe { c_params(params, SPMM_TAG, SPMM_WORDS) }?;
         let p = SpmmParams::decode(words).ok_or(STATUS_PARAMS)?;
-        // SAFETY: the caller's contract on `bufs`.
-        let bp = unsafe { c_bufs(bufs, 6) }?;
-        // SAFETY (all slices below): the buffer contract gives each pointer the length its
-        // shape implies; inputs are not written, `c` and the scratch are not aliased, except an
-        // in-place residual, which is then not made into a separate slice.
-        let a = unsafe { c_in(bp[0], p.a_len()) }?;
-        // SAFETY: as above.
-        let b_f = unsafe { c_in(bp[1], p.b_len()) }?;
-        let bias = if p.has_bias {
-            // SAFETY: as above.
-            Some(unsafe { c_in(bp[2], p.n) }?)
-        } else {
-            None
+        let lens = GemmLens {
+            a: p.a_len(),
+            b: p.b_len(),
+            bias: p.has_bias.then_some(p.n),
+            residual: p.has_residual,
+            c: p.c_len(),
+            scratch: p.scratch_bytes(),
         };
-        let res = if !p.has_residual {
-            Res::None
-        } else if bp[3] == bp[4] {
-            Res::InPlace
-        } else {
-            // SAFETY: as above.
-            Res::Separate(unsafe { c_in(bp[3], p.c_len()) }?)
-        };
-        // SAFETY: as above.
-        let c = unsafe { c_out(bp[4], p.c_len()) }?;
-        // SAFETY: as above.
-        let scratch = unsafe { c_scratch(bp[5], p.scratch_bytes()) }?;
+        // SAFETY: the caller's contract on `bufs` is the one `gemm_bufs` needs.
+        let o = unsafe { gemm_bufs(bufs, &lens) }?;
         spmm_impl(
             &p,
-            a,
-            cast_u32(b_f),
-            bias,
-            res,
-            c,
-            scratch,
+            o.a,
+            cast_u32(o.b),
+            o.bias,
+            o.res,
+            o.c,
+            o.scratch,
             threads,
             Isa::Auto,
         )
