@@ -455,7 +455,7 @@ mod tests {
         assert_eq!(r.values, ["8", "4", "3"]);
         assert_eq!(r.max_drop, Some(0.01));
         assert_eq!(r.budget, Some((Metric::Size, 0.5)));
-        let e = |a: SweepArgs, p: &str| a.rules(p).err().expect("error").to_string();
+        let e = |a: SweepArgs, p: &str| a.rules(p).expect_err("error").to_string();
         assert!(e(args("bits=8", None, None), "quantize(bits=8)").contains("{bits}"));
         assert!(e(args("bits", None, None), "x").contains("KEY=V1"));
         assert!(e(args("bits=8", Some("150%"), None), "q({bits})").contains("between 0 and 1"));
