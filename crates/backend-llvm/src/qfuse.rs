@@ -177,6 +177,19 @@ impl CustomOpDef for QMatMulDef {
         }])
     }
 
+    fn flops(&self, attrs: &Attrs, _inputs: &[TensorType], outputs: &[TensorType]) -> Option<u64> {
+        let k = QAttrs::from_attrs(attrs).ok()?.k as u64;
+        let out: u64 = outputs
+            .first()?
+            .shape
+            .as_ref()?
+            .0
+            .iter()
+            .map(|d| d.fixed())
+            .product::<Option<u64>>()?;
+        Some(2 * out * k)
+    }
+
     fn verify(&self, attrs: &Attrs, num_inputs: usize) -> Result<(), String> {
         QAttrs::from_attrs(attrs)?;
         if num_inputs != 3 {

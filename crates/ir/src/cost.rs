@@ -6,7 +6,7 @@
 //! constant per element, stated below). Shape-only ops cost nothing. A node whose shapes are
 //! not static has unknown cost; the summary says how many such nodes there are.
 
-use crate::{DType, Graph, NodeId, Op};
+use crate::{DType, Graph, NodeId, Op, TensorType, ValueId};
 use std::collections::BTreeMap;
 
 /// Cost summary of a graph (subgraphs of If/Loop/Scan not included in FLOPs).
@@ -168,7 +168,16 @@ pub fn node_flops(g: &Graph, n: NodeId) -> Option<u64> {
         | MeanVarianceNormalization(_)
         | LpNormalization(_)
         | Lrn(_) => 5 * numel(&inp(0)?),
-        If(_) | Loop(_) | Scan(_) | Custom(_) => return None,
+        Custom(c) => {
+            let types = |vs: &mut dyn Iterator<Item = Option<ValueId>>| -> Vec<TensorType> {
+                vs.map(|v| v.map_or(TensorType::UNKNOWN, |v| g.value(v).ty.clone()))
+                    .collect()
+            };
+            let ins = types(&mut node.inputs().iter().copied());
+            let outs = types(&mut node.outputs().iter().map(|&v| Some(v)));
+            return c.def.as_ref()?.flops(&c.attrs, &ins, &outs);
+        }
+        If(_) | Loop(_) | Scan(_) => return None,
         Reshape(_) | Transpose(_) | Flatten(_) | Squeeze | Unsqueeze | Concat(_) | Split(_)
         | Slice | Gather(_) | GatherElements(_) | GatherNd(_) | Expand | Tile | Shape(_) | Size
         | ConstantOfShape(_) | Range | Identity | Dropout(_) | DepthToSpace(_)

@@ -156,6 +156,16 @@ pub trait CustomOpDef: Send + Sync + fmt::Debug {
     }
     /// Reference evaluation.
     fn eval(&self, attrs: &Attrs, inputs: &[Tensor]) -> Result<Vec<Tensor>, String>;
+    /// Floating-point (or integer multiply-add) operations for these types, for the cost
+    /// model; `None` (the default) when unknown.
+    fn flops(
+        &self,
+        _attrs: &Attrs,
+        _inputs: &[TensorType],
+        _outputs: &[TensorType],
+    ) -> Option<u64> {
+        None
+    }
 }
 
 /// A user op: domain, name, untyped attributes and (optionally) its reference semantics.

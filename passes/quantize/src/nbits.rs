@@ -244,6 +244,20 @@ impl CustomOpDef for MatMulNBitsDef {
         }])
     }
 
+    fn flops(&self, attrs: &Attrs, _inputs: &[TensorType], outputs: &[TensorType]) -> Option<u64> {
+        // A MatMul's multiply-adds (the dequantization in registers is not counted).
+        let k = read_attrs(attrs).ok()?.k as u64;
+        let out: u64 = outputs
+            .first()?
+            .shape
+            .as_ref()?
+            .0
+            .iter()
+            .map(|d| d.fixed())
+            .product::<Option<u64>>()?;
+        Some(2 * out * k)
+    }
+
     fn verify(&self, attrs: &Attrs, num_inputs: usize) -> Result<(), String> {
         read_attrs(attrs)?;
         if !(3..=6).contains(&num_inputs) {
@@ -324,6 +338,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn cost_model_counts_the_matmul() {
+        // [2, 5, 32] x [32, 8]: 2·(2·5·8)·32 operations, through the graph cost model.
+        let mut g = pare_ir::Graph::new("nbits");
+        let x = g.add_input("x", TensorType::new(DType::F32, Shape::fixed(&[2, 5, 32])));
+        let b = g.add_const("b", Tensor::from_vec(vec![8, 2, 8], vec![0u8; 128]));
+        let s = g.add_const("s", Tensor::from_vec(vec![8, 2], vec![1.0f32; 16]));
+        let y = g.add_simple("y", op(32, 8, 4, 16), &[x, b, s]);
+        g.add_output(y);
+        pare_ir::infer::infer_types(&mut g).unwrap();
+        let n = g.producer(y).unwrap();
+        assert_eq!(pare_ir::cost::node_flops(&g, n), Some(2 * 2 * 5 * 8 * 32));
     }
 
     #[test]
