@@ -306,6 +306,39 @@ pub(crate) struct GemmLens {
     pub scratch: usize,
 }
 
+impl GemmLens {
+    /// Checks slices against these lengths: the bias and residual are present exactly when
+    /// declared, and every operand but the packed weight (checked by its own reader) is long
+    /// enough.
+    pub(crate) fn check(
+        &self,
+        a: &[f32],
+        bias: Option<&[f32]>,
+        res: &Res<'_>,
+        c: &[f32],
+        scratch: &[u8],
+    ) -> Result<(), KernelError> {
+        if bias.is_some() != self.bias.is_some() {
+            return Err(KernelError::params("bias presence does not match has_bias"));
+        }
+        if matches!(res, Res::None) == self.residual {
+            return Err(KernelError::params(
+                "residual presence does not match has_residual",
+            ));
+        }
+        need_len("a", a.len(), self.a)?;
+        need_len("c", c.len(), self.c)?;
+        need_len("scratch", scratch.len(), self.scratch)?;
+        if let (Some(v), Some(n)) = (bias, self.bias) {
+            need_len("bias", v.len(), n)?;
+        }
+        if let Res::Separate(r) = res {
+            need_len("residual", r.len(), self.c)?;
+        }
+        Ok(())
+    }
+}
+
 /// The operands [`gemm_bufs`] returns.
 pub(crate) struct GemmBufs<'a> {
     pub a: &'a [f32],

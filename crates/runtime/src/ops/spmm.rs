@@ -90,6 +90,18 @@ pub struct SpmmParams {
 }
 
 impl SpmmParams {
+    /// The buffer lengths of the C entry point.
+    pub(crate) fn buffer_lens(&self) -> GemmLens {
+        GemmLens {
+            a: self.a_len(),
+            b: self.b_len(),
+            bias: self.has_bias.then_some(self.n),
+            residual: self.has_residual,
+            c: self.c_len(),
+            scratch: self.scratch_bytes(),
+        }
+    }
+
     /// A plain product, nothing fused.
     pub fn new(m: usize, n: usize, k: usize, nnz: usize, k_block: usize) -> Self {
         SpmmParams {
@@ -453,24 +465,8 @@ fn spmm_impl(
     isa: Isa,
 ) -> Result<(), KernelError> {
     p.validate()?;
-    if bias.is_some() != p.has_bias {
-        return Err(KernelError::params("bias presence does not match has_bias"));
-    }
-    if matches!(res, Res::None) == p.has_residual {
-        return Err(KernelError::params(
-            "residual presence does not match has_residual",
-        ));
-    }
+    p.buffer_lens().check(a, bias, &res, c, scratch)?;
     let (m, n, k) = (p.m, p.n, p.k);
-    need_len("a", a.len(), p.a_len())?;
-    need_len("c", c.len(), p.c_len())?;
-    need_len("scratch", scratch.len(), p.scratch_bytes())?;
-    if let Some(v) = bias {
-        need_len("bias", v.len(), n)?;
-    }
-    if let Res::Separate(r) = res {
-        need_len("residual", r.len(), p.c_len())?;
-    }
     let wv = weight_view(p, b)?;
     let avx = use_avx2(isa)?;
     if m == 0 || n == 0 {
@@ -990,16 +986,8 @@ pub unsafe extern "C" fn pare_k_spmm(
         // SAFETY: the caller's contract on `params`.
         let words = unsafe { c_params(params, SPMM_TAG, SPMM_WORDS) }?;
         let p = SpmmParams::decode(words).ok_or(STATUS_PARAMS)?;
-        let lens = GemmLens {
-            a: p.a_len(),
-            b: p.b_len(),
-            bias: p.has_bias.then_some(p.n),
-            residual: p.has_residual,
-            c: p.c_len(),
-            scratch: p.scratch_bytes(),
-        };
         // SAFETY: the caller's contract on `bufs` is the one `gemm_bufs` needs.
-        let o = unsafe { gemm_bufs(bufs, &lens) }?;
+        let o = unsafe { gemm_bufs(bufs, &p.buffer_lens()) }?;
         spmm_impl(
             &p,
             o.a,
