@@ -50,6 +50,7 @@ METHODS = {
     "l1+obs": "score=l1,reconstruct=obs",
     "hessian+evo": "score=hessian,reconstruct=obs,search=evo,search-samples=0",
     "hessian+evo-params": "score=hessian,reconstruct=obs,search=evo,search-samples=0,budget=params",
+    "hessian+evo-latency": "score=hessian,reconstruct=obs,search=evo,search-samples=0,budget=latency",
 }
 SECTION = "## Structured pruning (prune-channels)"
 

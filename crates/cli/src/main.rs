@@ -5,6 +5,7 @@ mod compile;
 mod eval;
 mod inputs;
 mod inspect;
+mod latency;
 mod opt;
 mod run;
 mod sweep;

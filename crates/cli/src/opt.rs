@@ -198,6 +198,17 @@ fn run_pipeline(
         .with_progress(progress);
     if let Some(s) = samples {
         cx = cx.with_samples(s.clone());
+        if let Some(first) = s.samples.first() {
+            cx = cx.with_latency_probe(Arc::new(crate::latency::Probe {
+                names: s.input_names.clone(),
+                sample: first.clone(),
+                timing: crate::latency::Timing {
+                    threads: a.sweep.latency_threads,
+                    runs: a.sweep.latency_runs.max(1),
+                    rounds: 3,
+                },
+            }));
+        }
     }
     let mut bindings = crate::inspect::parse_bindings(&a.shape)?;
     if a.shape.is_empty() {
@@ -297,6 +308,10 @@ struct SweepReport<'a> {
     eval_samples: usize,
     eval_is_calibration: bool,
     input_model: &'a GraphStats,
+    /// Measured compiled latency of the input model (ms), with --latency.
+    input_latency_ms: Option<f64>,
+    /// Threads the latency was measured with.
+    latency_threads: Option<usize>,
     max_drop: Option<f64>,
     budget: Option<(crate::sweep::Metric, f64)>,
     chosen: Option<&'a str>,
@@ -359,6 +374,7 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
             cosine_mean: f.outputs.iter().map(|o| o.cosine_mean).fold(1.0, f64::min),
             max_rel_err: f.max_rel_err(),
             top1,
+            latency_ms: None,
             feasible: false,
         };
         eprintln!(
@@ -371,7 +387,12 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
         graphs.push(g);
     }
     let dense = dense_stats.unwrap_or_default();
-    let chosen = choose(&mut points, rules, &dense);
+    let dense_ms = if rules.latency {
+        Some(measure_latency(a, &eval, &g0, &graphs, &mut points)?)
+    } else {
+        None
+    };
+    let chosen = choose(&mut points, rules, &dense, dense_ms);
     eprintln!(
         "pare opt --sweep {}: {} (input model: {:.2} MB, {:.3} GFLOP; fidelity on {} samples{})",
         rules.key,
@@ -385,7 +406,7 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
             ""
         }
     );
-    eprint!("{}", table(&points, &rules.key, &dense, chosen));
+    eprint!("{}", table(&points, &rules.key, &dense, dense_ms, chosen));
     let title = format!(
         "{}: {}",
         a.model.file_name().map_or_else(
@@ -401,6 +422,8 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
         eval_samples: eval.len(),
         eval_is_calibration,
         input_model: &dense,
+        input_latency_ms: dense_ms,
+        latency_threads: rules.latency.then_some(a.sweep.latency_threads),
         max_drop: rules.max_drop,
         budget: rules.budget,
         chosen: chosen.map(|i| points[i].value.as_str()),
@@ -435,6 +458,52 @@ fn sweep(a: &OptArgs, registry: &pare_pass::Registry, rules: &crate::sweep::Rule
         points[i].pipeline
     );
     Ok(())
+}
+
+/// Compiles the input model and every sweep result for this CPU and times them (see
+/// [`crate::latency`]); fills each point's latency and returns the input model's.
+fn measure_latency(
+    a: &OptArgs,
+    eval: &SampleSet,
+    g0: &pare_ir::Graph,
+    graphs: &[pare_ir::Graph],
+    points: &mut [crate::sweep::Point],
+) -> Result<f64> {
+    use crate::latency::{Bench, Timing};
+    let Some(first) = eval.samples.first() else {
+        bail!("--latency: no evaluation sample to take the shapes and inputs from");
+    };
+    let mut bench = Bench::new(&eval.input_names, first)?;
+    let n = graphs.len() as u64 + 1;
+    let bar = indicatif::ProgressBar::new(n).with_message("compiling for latency");
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("  {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bench.add(g0, "the input model")?;
+    bar.inc(1);
+    for (p, g) in points.iter().zip(graphs) {
+        bench.add(g, &p.pipeline)?;
+        bar.inc(1);
+    }
+    let timing = Timing {
+        threads: a.sweep.latency_threads,
+        runs: a.sweep.latency_runs,
+        rounds: 3,
+    };
+    bar.set_length(n * timing.rounds as u64);
+    bar.set_position(0);
+    bar.set_message(format!(
+        "timing ({} thread{})",
+        timing.threads,
+        if timing.threads == 1 { "" } else { "s" }
+    ));
+    let ms = bench.time(timing, || bar.inc(1))?;
+    bar.finish_and_clear();
+    for (p, &t) in points.iter_mut().zip(&ms[1..]) {
+        p.latency_ms = Some(t);
+    }
+    Ok(ms[0])
 }
 
 /// Runs `pare passes`.

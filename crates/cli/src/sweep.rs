@@ -35,10 +35,23 @@ pub struct SweepArgs {
     #[arg(long, value_name = "METRIC", default_value = "auto")]
     pub metric: Score,
     /// Keep only results within a budget relative to the input model: `size=0.5` (weight
-    /// bytes), `params=0.5` or `flops=0.7`. Without --max-drop, -o gets the most faithful of
-    /// those; with it, the smallest that meets both.
+    /// bytes), `params=0.5`, `flops=0.7` or `latency=0.7` (measured: the input model and every
+    /// result are compiled for this CPU and timed, see --latency). Without --max-drop, -o gets
+    /// the most faithful of those; with it, the smallest (fastest for latency) that meets both.
     #[arg(long, value_name = "METRIC=FRACTION")]
     pub budget: Option<String>,
+    /// Also measure compiled latency (implied by --budget latency=F): the input model and each
+    /// result are compiled to an executable for this CPU with the shapes of the first --eval
+    /// sample and timed on it, in alternation (3 rounds of --latency-runs runs, medians).
+    #[arg(long)]
+    pub latency: bool,
+    /// Threads the timed executables use (--latency, --budget latency=F, and passes that
+    /// measure latency themselves: `prune-channels(search=evo,budget=latency)`).
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    pub latency_threads: usize,
+    /// Timed runs per build and round (after a warm-up), for the same.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub latency_runs: usize,
     /// Write the sweep table as JSON.
     #[arg(long, value_name = "FILE")]
     pub sweep_json: Option<PathBuf>,
@@ -70,14 +83,19 @@ pub enum Metric {
     Params,
     /// FLOPs (static shapes).
     Flops,
+    /// Measured compiled latency.
+    Latency,
 }
 
 impl Metric {
-    fn of(self, s: &GraphStats) -> f64 {
+    /// The metric of a graph with these statistics and measured latency (NaN when the latency
+    /// was not measured, which meets no budget).
+    fn of(self, s: &GraphStats, latency_ms: Option<f64>) -> f64 {
         match self {
             Metric::Size => s.weight_bytes as f64,
             Metric::Params => s.params as f64,
             Metric::Flops => s.flops as f64,
+            Metric::Latency => latency_ms.unwrap_or(f64::NAN),
         }
     }
 }
@@ -95,6 +113,8 @@ pub struct Rules {
     pub max_drop: Option<f64>,
     /// Budget metric and fraction of the input model's.
     pub budget: Option<(Metric, f64)>,
+    /// Measure compiled latency.
+    pub latency: bool,
 }
 
 /// Parses `1%`, `0.01`.
@@ -158,13 +178,16 @@ impl SweepArgs {
             None => None,
             Some(b) => {
                 let Some((m, f)) = b.split_once('=') else {
-                    bail!("--budget {b}: expected size=F, params=F or flops=F");
+                    bail!("--budget {b}: expected size=F, params=F, flops=F or latency=F");
                 };
                 let metric = match m.trim() {
                     "size" => Metric::Size,
                     "params" => Metric::Params,
                     "flops" => Metric::Flops,
-                    other => bail!("--budget {b}: unknown metric '{other}' (size, params, flops)"),
+                    "latency" => Metric::Latency,
+                    other => bail!(
+                        "--budget {b}: unknown metric '{other}' (size, params, flops, latency)"
+                    ),
                 };
                 let f: f64 = f
                     .trim()
@@ -175,12 +198,17 @@ impl SweepArgs {
                 Some((metric, f))
             }
         };
+        let latency = self.latency || matches!(budget, Some((Metric::Latency, _)));
+        if latency && self.latency_runs == 0 {
+            bail!("--latency-runs must be at least 1");
+        }
         Ok(Some(Rules {
             metric: self.metric,
             key,
             values,
             max_drop,
             budget,
+            latency,
         }))
     }
 }
@@ -198,6 +226,8 @@ pub struct Point {
     pub params: u64,
     /// FLOPs.
     pub flops: u64,
+    /// Measured compiled latency in milliseconds (with --latency).
+    pub latency_ms: Option<f64>,
     /// 1 − fidelity (see --max-drop).
     pub loss: f64,
     /// Lowest mean cosine over outputs.
@@ -227,20 +257,30 @@ pub fn loss_of(f: &Fidelity, metric: Score) -> f64 {
     }
 }
 
-/// Marks feasibility and returns the index of the chosen point, if any.
-pub fn choose(points: &mut [Point], rules: &Rules, dense: &GraphStats) -> Option<usize> {
+/// Marks feasibility and returns the index of the chosen point, if any. `dense_ms` is the
+/// input model's measured latency (needed by a latency budget).
+pub fn choose(
+    points: &mut [Point],
+    rules: &Rules,
+    dense: &GraphStats,
+    dense_ms: Option<f64>,
+) -> Option<usize> {
     let metric = rules.budget.map_or(Metric::Size, |(m, _)| m);
-    let stats = |p: &Point| GraphStats {
-        params: p.params,
-        weight_bytes: p.weight_bytes,
-        flops: p.flops,
-        ..GraphStats::default()
+    let cost = |m: Metric, p: &Point| {
+        let s = GraphStats {
+            params: p.params,
+            weight_bytes: p.weight_bytes,
+            flops: p.flops,
+            ..GraphStats::default()
+        };
+        m.of(&s, p.latency_ms)
     };
     for p in points.iter_mut() {
         let drop_ok = rules.max_drop.is_none_or(|d| p.loss <= d);
+        // NaN (an unmeasured latency) compares false: out of budget.
         let budget_ok = rules
             .budget
-            .is_none_or(|(m, f)| m.of(&stats(p)) <= f * m.of(dense));
+            .is_none_or(|(m, f)| cost(m, p) <= f * m.of(dense, dense_ms));
         p.feasible = drop_ok && budget_ok;
     }
     let feasible = points.iter().enumerate().filter(|(_, p)| p.feasible);
@@ -248,9 +288,8 @@ pub fn choose(points: &mut [Point], rules: &Rules, dense: &GraphStats) -> Option
         // The strongest compression: the smallest by the budget metric (ties: lower loss).
         feasible
             .min_by(|(_, a), (_, b)| {
-                metric
-                    .of(&stats(a))
-                    .total_cmp(&metric.of(&stats(b)))
+                cost(metric, a)
+                    .total_cmp(&cost(metric, b))
                     .then(a.loss.total_cmp(&b.loss))
             })
             .map(|(i, _)| i)
@@ -314,14 +353,51 @@ impl Judge {
 }
 
 /// The sweep table as Markdown-like text for the terminal.
-pub fn table(points: &[Point], key: &str, dense: &GraphStats, chosen: Option<usize>) -> String {
+pub fn table(
+    points: &[Point],
+    key: &str,
+    dense: &GraphStats,
+    dense_ms: Option<f64>,
+    chosen: Option<usize>,
+) -> String {
     let mut s = format!(
-        "  {:<10} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>8}  \n",
-        key, "weights", "size", "GFLOP", "loss", "cosine", "max rel", "top-1"
+        "  {:<10} {:>12} {:>8} {:>12} {:>8} {:>10} {:>10} {:>8}{}  \n",
+        key,
+        "weights",
+        "size",
+        "GFLOP",
+        "loss",
+        "cosine",
+        "max rel",
+        "top-1",
+        if dense_ms.is_some() {
+            format!(" {:>18}", "latency")
+        } else {
+            String::new()
+        }
     );
-    for (i, p) in points.iter().enumerate() {
+    if let Some(d) = dense_ms {
         s.push_str(&format!(
-            "  {:<10} {:>9.2} MB {:>7.1}% {:>12.3} {:>8.4} {:>10.5} {:>10.3e} {:>8}  {}{}\n",
+            "  {:<10} {:>9.2} MB {:>7.1}% {:>12.3} {:>8} {:>10} {:>10} {:>8} {:>9.3} ms {:>5.2}×\n",
+            "(input)",
+            dense.weight_bytes as f64 / 1e6,
+            100.0,
+            dense.flops as f64 / 1e9,
+            "",
+            "",
+            "",
+            "",
+            d,
+            1.0
+        ));
+    }
+    for (i, p) in points.iter().enumerate() {
+        let lat = match (p.latency_ms, dense_ms) {
+            (Some(ms), Some(d)) => format!(" {ms:>9.3} ms {:>5.2}×", ms / d),
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "  {:<10} {:>9.2} MB {:>7.1}% {:>12.3} {:>8.4} {:>10.5} {:>10.3e} {:>8}{lat}  {}{}\n",
             p.value,
             p.weight_bytes as f64 / 1e6,
             100.0 * p.weight_bytes as f64 / (dense.weight_bytes.max(1) as f64),
@@ -442,6 +518,7 @@ mod tests {
             cosine_mean: 1.0 - loss,
             max_rel_err: loss,
             top1: None,
+            latency_ms: Some(bytes as f64 / 100.0),
             feasible: false,
         }
     }
@@ -488,19 +565,50 @@ mod tests {
             values: vec![],
             max_drop: d,
             budget: b.map(|f| (Metric::Size, f)),
+            latency: false,
         };
         // Within 1 %: the smallest of 8 and 6 bits.
-        assert_eq!(choose(&mut pts, &rules(Some(0.01), None), &dense), Some(1));
+        assert_eq!(
+            choose(&mut pts, &rules(Some(0.01), None), &dense, None),
+            Some(1)
+        );
         assert!(pts[0].feasible && pts[1].feasible && !pts[2].feasible);
         // Budget only: the most faithful under 15 % of the size.
-        assert_eq!(choose(&mut pts, &rules(None, Some(0.15)), &dense), Some(2));
+        assert_eq!(
+            choose(&mut pts, &rules(None, Some(0.15)), &dense, None),
+            Some(2)
+        );
         // Both, unsatisfiable.
         assert_eq!(
-            choose(&mut pts, &rules(Some(0.01), Some(0.15)), &dense),
+            choose(&mut pts, &rules(Some(0.01), Some(0.15)), &dense, None),
             None
         );
         // Neither: the smallest.
-        assert_eq!(choose(&mut pts, &rules(None, None), &dense), Some(3));
+        assert_eq!(choose(&mut pts, &rules(None, None), &dense, None), Some(3));
+        // A latency budget (the test points take bytes / 100 ms): under 1.5 ms of the input's
+        // 10 ms, the most faithful is 4 bits; with --max-drop 5 %, the fastest within it.
+        let lat = |d: Option<f64>, f: f64| Rules {
+            budget: Some((Metric::Latency, f)),
+            latency: true,
+            ..rules(d, None)
+        };
+        assert_eq!(
+            choose(&mut pts, &lat(None, 0.15), &dense, Some(10.0)),
+            Some(2)
+        );
+        assert_eq!(
+            choose(&mut pts, &lat(Some(0.05), 0.3), &dense, Some(10.0)),
+            Some(2)
+        );
+        assert_eq!(
+            choose(&mut pts, &lat(Some(0.005), 0.3), &dense, Some(10.0)),
+            Some(1)
+        );
+        // Unmeasured latencies meet no latency budget.
+        for p in &mut pts {
+            p.latency_ms = None;
+        }
+        assert_eq!(choose(&mut pts, &lat(None, 0.9), &dense, Some(10.0)), None);
     }
 
     #[test]

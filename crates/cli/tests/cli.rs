@@ -414,3 +414,69 @@ fn opt_sweep_measures_each_value_and_keeps_the_strongest_within_max_drop() {
         text(&o)
     );
 }
+
+#[test]
+fn opt_sweep_latency_budget_compiles_and_times_each_result() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model("ocr-cls");
+    let fx = repo_root().join("tests/models/ocr-cls");
+    let out = dir.path().join("p.onnx");
+    let json = dir.path().join("sweep.json");
+    let s = |p: &PathBuf| p.display().to_string();
+    let run = |budget: &str| {
+        pare(&[
+            "opt",
+            &s(&m),
+            "--passes",
+            "canonicalize,prune-unstructured(sparsity={s},min-elements=0),canonicalize",
+            "--sweep",
+            "s=0.3,0.9",
+            "--calib",
+            &s(&fx.join("test_data_set_0")),
+            "--eval",
+            &s(&fx.join("test_data_set_2")),
+            "--budget",
+            budget,
+            "--latency-runs",
+            "3",
+            "-o",
+            &s(&out),
+            "--sweep-json",
+            &s(&json),
+        ])
+    };
+    let o = run("latency=100");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("latency") && t.contains(" ms "), "{t}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("valid json");
+    let dense_ms = r["input_latency_ms"].as_f64().expect("input latency");
+    assert!(dense_ms > 0.0 && r["latency_threads"] == 1, "{r}");
+    let res = r["results"].as_array().expect("results");
+    assert!(
+        res.iter()
+            .all(|p| p["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0)),
+        "{r}"
+    );
+    // Every result is within a 100× budget: the most faithful is kept.
+    let best = res
+        .iter()
+        .min_by(|a, b| {
+            let l = |p: &serde_json::Value| p["loss"].as_f64().unwrap_or(f64::INFINITY);
+            l(a).total_cmp(&l(b))
+        })
+        .expect("a result");
+    assert_eq!(r["chosen"], best["value"], "{r}");
+    assert!(res.iter().all(|p| p["feasible"] == true), "{r}");
+    assert!(out.is_file());
+    // No build runs in a thousandth of the input model's time: nothing is written.
+    std::fs::remove_file(&out).expect("rm");
+    let o = run("latency=0.001");
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("nothing written"), "{t}");
+    assert!(!out.exists());
+    // A bad budget is refused before any work.
+    let o = run("latency=0");
+    assert!(!o.status.success() && text(&o).contains("must be > 0"));
+}

@@ -23,6 +23,15 @@ pub trait Analysis: Send + Sync + Sized + 'static {
     fn compute(g: &Graph, cx: &mut PassContext) -> Result<Self, PassError>;
 }
 
+/// Measures compiled latency: what a pass that trades accuracy for speed asks when its budget
+/// is time rather than size. The pass crates cannot compile (the backends sit above them), so
+/// the caller that can — `pare opt` — installs one with [`PassContext::with_latency_probe`].
+pub trait LatencyProbe: Send + Sync {
+    /// Compiles every graph and times it; milliseconds per graph, in order. Implementations
+    /// time the graphs in alternation so the numbers of one call compare with each other.
+    fn latencies(&self, graphs: &[&Graph]) -> Result<Vec<f64>, String>;
+}
+
 type Fingerprint = (usize, usize, usize);
 
 fn fingerprint(g: &Graph) -> Fingerprint {
@@ -35,6 +44,7 @@ pub struct PassContext {
     cache: HashMap<TypeId, (Fingerprint, Arc<dyn Any + Send + Sync>)>,
     samples: Option<Arc<SampleSet>>,
     input_graph: Option<Arc<Graph>>,
+    latency: Option<Arc<dyn LatencyProbe>>,
     threads: usize,
     progress: bool,
     seed: u64,
@@ -53,6 +63,7 @@ impl PassContext {
             cache: HashMap::new(),
             samples: None,
             input_graph: None,
+            latency: None,
             threads: 0,
             progress: false,
             seed: 0x5eed,
@@ -86,6 +97,17 @@ impl PassContext {
     /// until the context is dropped.
     pub fn input_graph(&self) -> Option<&Arc<Graph>> {
         self.input_graph.as_ref()
+    }
+
+    /// Installs the compiler-backed latency measurement (see [`LatencyProbe`]).
+    pub fn with_latency_probe(mut self, p: Arc<dyn LatencyProbe>) -> PassContext {
+        self.latency = Some(p);
+        self
+    }
+
+    /// The latency measurement, when the caller can compile.
+    pub fn latency_probe(&self) -> Option<&Arc<dyn LatencyProbe>> {
+        self.latency.as_ref()
     }
 
     /// Sets the thread count for interpreter runs (0 = all cores).

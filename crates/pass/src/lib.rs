@@ -23,7 +23,7 @@ mod pass;
 mod registry;
 pub mod samples;
 
-pub use context::{Analysis, PassContext};
+pub use context::{Analysis, LatencyProbe, PassContext};
 pub use error::PassError;
 pub use manager::{
     check_graph, timing_table, GraphStats, Instrumentation, Measure, PassManager, PipelineReport,
