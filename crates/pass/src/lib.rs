@@ -22,6 +22,7 @@ mod manager;
 mod pass;
 mod registry;
 pub mod samples;
+pub mod search;
 
 pub use context::{Analysis, LatencyProbe, PassContext};
 pub use error::PassError;

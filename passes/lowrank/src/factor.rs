@@ -47,7 +47,7 @@ pub enum RankRule {
 }
 
 impl RankRule {
-    fn pick(&self, spectrum: &[f64]) -> usize {
+    pub(crate) fn pick(&self, spectrum: &[f64]) -> usize {
         let full = spectrum.len();
         match *self {
             RankRule::Fixed(r) => r.clamp(1, full.max(1)),

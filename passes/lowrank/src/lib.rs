@@ -36,7 +36,13 @@
 //! The crate also holds `eora` ([`Eora`]): a low-rank correction of the error a compression
 //! pass left in a layer, fitted by the same whitened SVD (see [`eora_pass`]).
 //!
-//! Not done yet: per-layer rank search.
+//! **Rank search** (`search=evo`, needs `--calib`): the rank rule (`ratio`, `energy` or `rank`)
+//! fixes the total parameters kept; an EvoPress-style evolutionary search
+//! ([`pare_pass::search`], shared with `prune-channels`) then moves rank between layers —
+//! each layer factored once at the largest rank that still saves parameters and truncated
+//! per candidate — keeping at most that total, and keeps the candidate with the smallest
+//! end-to-end relative output error on `search-samples` calibration samples. Layers the rule
+//! would not factor stay dense.
 
 pub mod eora_pass;
 mod factor;
@@ -79,6 +85,26 @@ pub struct LowRankOptions {
     pub damp: f64,
     /// Layers with fewer parameters are left alone.
     pub min_params: usize,
+    /// Per-layer ranks: as the rule gives them, or searched.
+    pub search: Search,
+    /// `search=evo`: generations.
+    pub generations: usize,
+    /// `search=evo`: candidates per generation.
+    pub offspring: usize,
+    /// `search=evo`: calibration samples that score a candidate (0: all).
+    pub search_samples: usize,
+}
+
+/// How the per-layer ranks are chosen.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Search {
+    /// Every layer by the rank rule (`rank`, `energy` or `ratio`).
+    #[default]
+    None,
+    /// Keep the parameters the rule's ranks keep, and spread them over the layers by an
+    /// evolutionary search scored end to end on the calibration samples.
+    Evo,
 }
 
 impl Default for LowRankOptions {
@@ -90,6 +116,10 @@ impl Default for LowRankOptions {
             method: Method::Svd,
             damp: 1e-4,
             min_params: 4096,
+            search: Search::None,
+            generations: 20,
+            offspring: 4,
+            search_samples: 8,
         }
     }
 }
@@ -168,6 +198,31 @@ pub fn register(reg: &mut Registry) {
             "int",
             &d.min_params.to_string(),
             "leave layers with fewer parameters alone",
+        )
+        .option(
+            "search",
+            "none|evo",
+            "none",
+            "evo: keep the parameters the rank rule keeps, and search how to spread them over \
+             the layers (EvoPress-style, scored end to end on --calib samples)",
+        )
+        .option(
+            "generations",
+            "int",
+            &d.generations.to_string(),
+            "search=evo: generations",
+        )
+        .option(
+            "offspring",
+            "int",
+            &d.offspring.to_string(),
+            "search=evo: candidates per generation",
+        )
+        .option(
+            "search-samples",
+            "int",
+            &d.search_samples.to_string(),
+            "search=evo: calibration samples that score a candidate (0: all)",
         ),
         |o| {
             let opts = o.parse::<LowRankOptions>()?;
@@ -309,6 +364,172 @@ fn rel(num: f64, den: f64) -> f64 {
     }
 }
 
+/// One layer to factor, with its factors at the largest rank it may get.
+struct Layer {
+    t: Target,
+    name: String,
+    /// `XᵀX` (`asvd`).
+    h: Option<Vec<f64>>,
+    /// Factors at the rule's rank (search=none) or at the largest saving rank (search=evo),
+    /// columns of `a` / rows of `b` in nonincreasing singular-value order.
+    f: Factors,
+    /// The rank the rule gives.
+    r: usize,
+}
+
+/// The first `r` components of `f` (`a` is `K×f.r`, `b` is `f.r×N`): the rank-`r` truncation,
+/// since the components are in singular-value order (for `asvd` too: un-whitening acts on
+/// each column of `a` alone).
+fn truncate(f: &Factors, r: usize, k: usize, n: usize) -> Factors {
+    let r = r.min(f.r);
+    if r == f.r {
+        return f.clone();
+    }
+    let a = (0..k)
+        .flat_map(|i| f.a[i * f.r..i * f.r + r].iter().copied())
+        .collect();
+    Factors {
+        a,
+        b: f.b[..r * n].to_vec(),
+        r,
+        spectrum: f.spectrum.clone(),
+    }
+}
+
+/// `search=evo`: per-layer ranks keeping the total parameters of the rule's ranks, by
+/// [`pare_pass::search::evolve`] over "rank removed from the largest saving rank" per layer
+/// (a unit costs `K + N` parameters), scored by the end-to-end output error on the
+/// calibration samples.
+fn search_ranks(
+    g: &Graph,
+    layers: &[Layer],
+    o: &LowRankOptions,
+    cx: &mut PassContext,
+    report: &mut PassReport,
+) -> Result<Vec<usize>, PassError> {
+    use pare_pass::search;
+    let samples = cx.require_samples(NAME)?;
+    let fail = |e: String| PassError::failed(NAME, format!("rank search: {e}"));
+    let scorer = search::Scorer::new(g, &samples, o.search_samples).map_err(fail)?;
+    let units: Vec<usize> = layers.iter().map(|l| l.f.r).collect();
+    // Every layer keeps at least rank 1.
+    let caps: Vec<usize> = units.iter().map(|&u| u.saturating_sub(1)).collect();
+    let per_unit: Vec<f64> = layers.iter().map(|l| (l.t.k + l.t.n) as f64).collect();
+    let start: Vec<usize> = layers.iter().map(|l| l.f.r - l.r.min(l.f.r)).collect();
+    let budget: f64 = start
+        .iter()
+        .zip(&per_unit)
+        .map(|(&k, &p)| k as f64 * p)
+        .sum();
+    let pb = cx.progress_bar(o.generations as u64, "rank search");
+    let mut fitness = |removed: &[usize]| -> Result<f64, PassError> {
+        let mut cand = g.clone();
+        for (l, &k) in layers.iter().zip(removed) {
+            let f = truncate(&l.f, l.f.r - k, l.t.k, l.t.n);
+            rewrite(&mut cand, &l.t, &f);
+        }
+        scorer.error(&cand).map_err(fail)
+    };
+    let found = search::evolve(
+        start,
+        &search::Space {
+            units,
+            caps,
+            per_unit,
+            budget,
+        },
+        search::Settings {
+            generations: o.generations,
+            offspring: o.offspring,
+            seed: cx.seed(),
+        },
+        &mut fitness,
+        &mut || pb.inc(1),
+    )?;
+    pb.finish_and_clear();
+    report.note(format!(
+        "rank search: {} candidates over {} generations; output error on {} calibration \
+         sample(s) {:.4} (the rule's ranks) → {:.4}",
+        found.evaluations,
+        o.generations,
+        scorer.samples(),
+        found.uniform_fitness,
+        found.fitness
+    ));
+    report.add_stat("search-evaluations", found.evaluations as u64);
+    Ok(layers
+        .iter()
+        .zip(&found.removed)
+        .map(|(l, &k)| l.f.r - k)
+        .collect())
+}
+
+/// Replaces the layer `t` of `g` by `X·A` then `·B` (see the crate docs); false when the
+/// node no longer has the expected operands.
+fn rewrite(g: &mut Graph, t: &Target, f: &Factors) -> bool {
+    let (k, n) = (t.k, t.n);
+    let name = g.node(t.node).name.clone();
+    // Rewire: X·A in a new MatMul, the original node reads it and B.
+    let node = g.node(t.node);
+    let (Some(x), Some(wv)) = (node.input(0), node.input(1)) else {
+        return false;
+    };
+    let wname = g.value(wv).name.clone();
+    let r = f.r;
+    // Transposed copies: `Aᵀ` (`r×K`) and `Bᵀ` (`N×r`).
+    let a_t: Vec<f64> = (0..r * k).map(|i| f.a[(i % k) * r + i / k]).collect();
+    let b_t: Vec<f64> = (0..n * r).map(|i| f.b[(i % r) * n + i / r]).collect();
+    let (first_op, a_tensor, b_tensor, second_op) = match &t.kind {
+        Kind::Linear { trans_b } => (
+            Op::MatMul,
+            f32_tensor(vec![k, r], &f.a),
+            if *trans_b {
+                f32_tensor(vec![n, r], &b_t)
+            } else {
+                f32_tensor(vec![r, n], &f.b)
+            },
+            None,
+        ),
+        Kind::Conv { spatial } => {
+            // First conv: r filters over the original window (same strides, pads,
+            // dilations); second: a 1x1 conv mixing the r channels, with the bias.
+            let Op::Conv(attrs) = &g.node(t.node).op else {
+                return false;
+            };
+            let mut a_shape = vec![r, k / spatial.iter().product::<usize>()];
+            a_shape.extend(spatial);
+            let mut b_shape = vec![n, r];
+            b_shape.extend(spatial.iter().map(|_| 1));
+            let pointwise = ConvAttrs {
+                kernel_shape: Some(vec![1; spatial.len()]),
+                ..ConvAttrs::default()
+            };
+            (
+                Op::Conv(attrs.clone()),
+                f32_tensor(a_shape, &a_t),
+                f32_tensor(b_shape, &b_t),
+                Some(Op::Conv(pointwise)),
+            )
+        }
+    };
+    let a_val = g.add_const(unique(g, &format!("{wname}.lowrank_a")), a_tensor);
+    let b_val = g.add_const(unique(g, &format!("{wname}.lowrank_b")), b_tensor);
+    let out = unique(g, &format!("{name}/lowrank_out"));
+    let first = g.add_node(
+        format!("{name}/lowrank"),
+        first_op,
+        vec![Some(x), Some(a_val)],
+        vec![out],
+    );
+    let xa = g.node(first).outputs()[0];
+    if let Some(op) = second_op {
+        *g.op_mut(t.node) = op;
+    }
+    g.set_operand(t.node, 0, Some(xa));
+    g.set_operand(t.node, 1, Some(b_val));
+    true
+}
+
 impl Pass for LowRank {
     fn name(&self) -> &str {
         NAME
@@ -330,11 +551,12 @@ impl Pass for LowRank {
                 Err(why) => report.note(format!("skipped '{}': {why}", g.node(n).name)),
             }
         }
-        let (mut done, mut before, mut after) = (0u64, 0u64, 0u64);
+        // Factor every layer: at the rule's rank, or (search=evo) at the largest rank that
+        // still saves parameters, truncated per candidate.
+        let mut layers: Vec<Layer> = Vec::new();
         for t in targets {
             let name = g.node(t.node).name.clone();
             let (k, n) = (t.k, t.n);
-            let params = (k * n) as u64;
             if (k * n) < o.min_params {
                 continue;
             }
@@ -357,98 +579,65 @@ impl Pass for LowRank {
                 },
                 None => None,
             };
+            // The largest rank with r·(K + N) < K·N.
+            let r_max = (k * n - 1) / (k + n);
+            let fac_rule = match o.search {
+                Search::None => rule,
+                Search::Evo => RankRule::Fixed(r_max.max(1)),
+            };
             let f = match &h {
-                Some(h) => asvd(&t.w, &h.data, k, n, o.damp, rule),
-                None => svd(&t.w, k, n, rule),
+                Some(h) => asvd(&t.w, &h.data, k, n, o.damp, fac_rule),
+                None => svd(&t.w, k, n, fac_rule),
             }
             .map_err(|e| PassError::failed(NAME, format!("node '{name}': {e}")))?;
-            if f.r * (k + n) >= k * n {
+            let r = rule.pick(&f.spectrum);
+            if r * (k + n) >= k * n {
                 report.note(format!(
-                    "kept '{name}' ({k}x{n}): rank {} would not save parameters",
-                    f.r
+                    "kept '{name}' ({k}x{n}): rank {r} would not save parameters"
                 ));
                 continue;
             }
+            layers.push(Layer {
+                t,
+                name,
+                h: h.map(|h| h.data.clone()),
+                f,
+                r,
+            });
+        }
+        let mut ranks: Vec<usize> = layers.iter().map(|l| l.r).collect();
+        if o.search == Search::Evo && layers.len() > 1 {
+            ranks = search_ranks(g, &layers, o, cx, &mut report)?;
+        }
+        let (mut done, mut before, mut after) = (0u64, 0u64, 0u64);
+        for (l, &r) in layers.iter().zip(&ranks) {
+            let (k, n) = (l.t.k, l.t.n);
+            let f = truncate(&l.f, r, k, n);
             let approx = product(&f, k, n);
-            let dw: Vec<f64> = approx.iter().zip(&t.w).map(|(a, b)| a - b).collect();
+            let dw: Vec<f64> = approx.iter().zip(&l.t.w).map(|(a, b)| a - b).collect();
             let werr = rel(
                 dw.iter().map(|x| x * x).sum(),
-                t.w.iter().map(|x| x * x).sum(),
+                l.t.w.iter().map(|x| x * x).sum(),
             );
-            let oerr = h.as_ref().map(|h| {
-                rel(
-                    weighted_sq(&dw, &h.data, k, n),
-                    weighted_sq(&t.w, &h.data, k, n),
-                )
-            });
-            // Rewire: X·A in a new MatMul, the original node reads it and B.
-            let node = g.node(t.node);
-            let (Some(x), Some(wv)) = (node.input(0), node.input(1)) else {
+            let oerr =
+                l.h.as_ref()
+                    .map(|h| rel(weighted_sq(&dw, h, k, n), weighted_sq(&l.t.w, h, k, n)));
+            if !rewrite(g, &l.t, &f) {
                 continue;
-            };
-            let wname = g.value(wv).name.clone();
-            let r = f.r;
-            // Transposed copies: `Aᵀ` (`r×K`) and `Bᵀ` (`N×r`).
-            let a_t: Vec<f64> = (0..r * k).map(|i| f.a[(i % k) * r + i / k]).collect();
-            let b_t: Vec<f64> = (0..n * r).map(|i| f.b[(i % r) * n + i / r]).collect();
-            let (first_op, a_tensor, b_tensor, second_op) = match &t.kind {
-                Kind::Linear { trans_b } => (
-                    Op::MatMul,
-                    f32_tensor(vec![k, r], &f.a),
-                    if *trans_b {
-                        f32_tensor(vec![n, r], &b_t)
-                    } else {
-                        f32_tensor(vec![r, n], &f.b)
-                    },
-                    None,
-                ),
-                Kind::Conv { spatial } => {
-                    // First conv: r filters over the original window (same strides, pads,
-                    // dilations); second: a 1x1 conv mixing the r channels, with the bias.
-                    let Op::Conv(attrs) = &g.node(t.node).op else {
-                        continue;
-                    };
-                    let mut a_shape = vec![r, k / spatial.iter().product::<usize>()];
-                    a_shape.extend(spatial);
-                    let mut b_shape = vec![n, r];
-                    b_shape.extend(spatial.iter().map(|_| 1));
-                    let pointwise = ConvAttrs {
-                        kernel_shape: Some(vec![1; spatial.len()]),
-                        ..ConvAttrs::default()
-                    };
-                    (
-                        Op::Conv(attrs.clone()),
-                        f32_tensor(a_shape, &a_t),
-                        f32_tensor(b_shape, &b_t),
-                        Some(Op::Conv(pointwise)),
-                    )
-                }
-            };
-            let a_val = g.add_const(unique(g, &format!("{wname}.lowrank_a")), a_tensor);
-            let b_val = g.add_const(unique(g, &format!("{wname}.lowrank_b")), b_tensor);
-            let out = unique(g, &format!("{name}/lowrank_out"));
-            let first = g.add_node(
-                format!("{name}/lowrank"),
-                first_op,
-                vec![Some(x), Some(a_val)],
-                vec![out],
-            );
-            let xa = g.node(first).outputs()[0];
-            if let Some(op) = second_op {
-                *g.op_mut(t.node) = op;
             }
-            g.set_operand(t.node, 0, Some(xa));
-            g.set_operand(t.node, 1, Some(b_val));
-            let new = (f.r * (k + n)) as u64;
+            let params = (k * n) as u64;
+            let new = (r * (k + n)) as u64;
             done += 1;
             before += params;
             after += new;
             report.note(format!(
-                "'{name}' {k}x{n} -> rank {} ({params} -> {new} params, {:.1}%): weight error {:.4}{}",
-                f.r,
+                "'{}' {k}x{n} -> rank {r} ({params} -> {new} params, {:.1}%): weight error {:.4}{}",
+                l.name,
                 100.0 * new as f64 / params as f64,
                 werr,
-                oerr.map_or(String::new(), |e| format!(", output error {e:.4} on the calibration data"))
+                oerr.map_or(String::new(), |e| format!(
+                    ", output error {e:.4} on the calibration data"
+                ))
             ));
         }
         let _ = pare_ir::infer::infer_types(g);

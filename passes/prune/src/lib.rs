@@ -59,7 +59,7 @@
 
 mod edit;
 mod linalg;
-mod search;
+use pare_pass::search;
 mod seq;
 pub mod sparsegpt;
 pub mod unstructured;
@@ -885,34 +885,6 @@ fn lowest_units(scored: &[(&Group, Vec<f64>)], k: &[usize]) -> BTreeMap<usize, V
     out
 }
 
-/// Relative L2 error of the float outputs of `g` against `reference` on `inputs`.
-fn output_error(
-    interp: &pare_interp::Interpreter,
-    g: &Graph,
-    inputs: &[Vec<Tensor>],
-    reference: &[Vec<Vec<f64>>],
-) -> Result<f64, String> {
-    let (mut num, mut den) = (0.0, 0.0);
-    for (x, r) in inputs.iter().zip(reference) {
-        let out = interp.run(g, x).map_err(|e| e.to_string())?;
-        let out: Vec<Vec<f64>> = out
-            .iter()
-            .filter(|t| t.dtype().is_float())
-            .map(|t| t.to_f64_vec().unwrap_or_default())
-            .collect();
-        for (a, b) in r.iter().zip(&out) {
-            if a.len() != b.len() {
-                return Err("an output changed size".into());
-            }
-            for (p, q) in a.iter().zip(b) {
-                num += (p - q) * (p - q);
-                den += p * p;
-            }
-        }
-    }
-    Ok(if den > 0.0 { (num / den).sqrt() } else { 0.0 })
-}
-
 /// `budget=latency`: each group's measured saving per removed unit. For every group, the model
 /// with only that group's uniform removal (`start`; one unit where that is none) is built,
 /// and the matrix kernels whose operand shapes it changed (Conv, ConvTranspose, MatMul, Gemm,
@@ -1178,30 +1150,11 @@ fn search_allocation(
         .zip(&per_unit)
         .map(|(&k, &p)| k as f64 * p)
         .sum();
-    let n = if o.search_samples == 0 {
-        samples.len()
-    } else {
-        o.search_samples.min(samples.len())
-    };
-    let inputs: Vec<Vec<Tensor>> = samples.samples[..n]
-        .iter()
-        .map(|s| s.inputs.clone())
-        .collect();
-    let reference: Vec<Vec<Vec<f64>>> = inputs
-        .iter()
-        .map(|x| {
-            interp.run(g, x).map(|out| {
-                out.iter()
-                    .filter(|t| t.dtype().is_float())
-                    .map(|t| t.to_f64_vec().unwrap_or_default())
-                    .collect()
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(e.to_string()))?;
+    let scorer = search::Scorer::new(g, samples, o.search_samples).map_err(fail)?;
+    let n = scorer.samples();
     let mut fitness = |k: &[usize]| -> Result<f64, PassError> {
         let cand = build(k)?;
-        output_error(&interp, &cand, &inputs, &reference).map_err(fail)
+        scorer.error(&cand).map_err(fail)
     };
     let space = search::Space {
         units,

@@ -1,8 +1,11 @@
-//! Allocation search: how many units each group loses, under a global parameter budget,
-//! chosen by an evolutionary search scored end to end (EvoPress, Sieberling et al. 2024).
+//! Allocation search: how many units each group loses, under a global budget, chosen by an
+//! evolutionary search scored end to end (EvoPress, Sieberling et al. 2024). Used by
+//! `prune-channels` / `prune-heads` (units: channels, neurons, heads) and `lowrank` (units:
+//! rank taken from a layer).
 //!
 //! A candidate is a vector `k` of removed-unit counts, one per group, with
-//! `Σ kᵢ·pᵢ ≥ budget` (`pᵢ`: parameters per unit of group `i`). The search starts from the
+//! `Σ kᵢ·pᵢ ≥ budget` (`pᵢ`: the budget cost — parameters, FLOPs, time — of one unit of
+//! group `i`). The search starts from the
 //! uniform allocation (the same fraction of every group), and each generation makes
 //! `offspring` mutants of the best candidate so far: a mutation moves about a tenth of a
 //! group's units from one group to another (taking units from group `j` only as far as the
@@ -147,6 +150,75 @@ pub fn evolve<E>(
         uniform_fitness,
         evaluations,
     })
+}
+
+/// The fitness both searches use: the relative L2 error of a candidate's float outputs
+/// against the input model's, on the first calibration samples.
+pub struct Scorer {
+    interp: pare_interp::Interpreter,
+    inputs: Vec<Vec<pare_ir::Tensor>>,
+    reference: Vec<Vec<Vec<f64>>>,
+}
+
+impl Scorer {
+    /// Runs `g` on the first `n` samples (all with `n = 0`) for the reference outputs.
+    pub fn new(g: &pare_ir::Graph, samples: &crate::SampleSet, n: usize) -> Result<Scorer, String> {
+        let n = if n == 0 {
+            samples.len()
+        } else {
+            n.min(samples.len())
+        };
+        let interp = pare_interp::Interpreter::new();
+        let inputs: Vec<Vec<pare_ir::Tensor>> = samples.samples[..n]
+            .iter()
+            .map(|s| s.inputs.clone())
+            .collect();
+        let mut reference = Vec::new();
+        for x in &inputs {
+            reference.push(float_outputs(&interp, g, x)?);
+        }
+        Ok(Scorer {
+            interp,
+            inputs,
+            reference,
+        })
+    }
+
+    /// Samples scored on.
+    pub fn samples(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// `‖y − y_ref‖ / ‖y_ref‖` over all float outputs and samples.
+    pub fn error(&self, g: &pare_ir::Graph) -> Result<f64, String> {
+        let (mut num, mut den) = (0.0, 0.0);
+        for (x, r) in self.inputs.iter().zip(&self.reference) {
+            let out = float_outputs(&self.interp, g, x)?;
+            for (a, b) in r.iter().zip(&out) {
+                if a.len() != b.len() {
+                    return Err("an output changed size".into());
+                }
+                for (p, q) in a.iter().zip(b) {
+                    num += (p - q) * (p - q);
+                    den += p * p;
+                }
+            }
+        }
+        Ok(if den > 0.0 { (num / den).sqrt() } else { 0.0 })
+    }
+}
+
+fn float_outputs(
+    interp: &pare_interp::Interpreter,
+    g: &pare_ir::Graph,
+    x: &[pare_ir::Tensor],
+) -> Result<Vec<Vec<f64>>, String> {
+    let out = interp.run(g, x).map_err(|e| e.to_string())?;
+    Ok(out
+        .iter()
+        .filter(|t| t.dtype().is_float())
+        .map(|t| t.to_f64_vec().unwrap_or_default())
+        .collect())
 }
 
 #[cfg(test)]
