@@ -13,7 +13,8 @@ run on one machine:
   ort static      onnxruntime on quantize_static's model (QDQ, per-channel int8 weights, uint8
                   activations, MinMax, same calibration sets)
   pare on ort-*   onnxruntime's two quantized models compiled by pare (imported as they are:
-                  MatMulInteger and QDQ MatMuls become pare's int8 kernel)
+                  MatMulInteger, QDQ MatMuls and QDQ convolutions become pare's int8
+                  kernels)
 
 onnxruntime runs with all graph optimizations (its QDQ models then use its int8 kernels),
 intra_op_num_threads = T. Every measurement is the median of --repeat runs after a warm-up, in
@@ -75,7 +76,7 @@ def pare_exe(m, model, calib, out_dir, tag, shape_arg, run_inputs):
         raise RuntimeError(r.stderr.strip()[-600:])
     import json
     kernels = dict(json.load(open(report)).get("kernels", []))
-    q = kernels.get("pare_k_qmatmul", 0)
+    q = kernels.get("pare_k_qmatmul", 0) + kernels.get("pare_k_qconv", 0)
     return exe, q
 
 
@@ -171,7 +172,8 @@ def main():
              "pare on ort-dynamic", "pare on ort-static"]
     lines = [f"Median over {a.rounds} alternating rounds of the median of {a.repeat} runs (ms); inputs "
              f"test_data_set_0; onnxruntime {__import__('onnxruntime').__version__} (CPU, ORT_ENABLE_ALL). "
-             "int8 calls: MatMul/Gemm layers compiled to `pare_k_qmatmul` (dynamic / static).", "",
+             "int8 calls: MatMul/Gemm layers compiled to `pare_k_qmatmul` and convolutions compiled to "
+             "`pare_k_qconv` (dynamic / static).", "",
              "| model | shapes | threads | " + " | ".join(order) + " | int8 calls | pare dyn / pare f32 | pare static / pare f32 "
              "| pare dyn / ort dyn | pare static / ort static |",
              "|---|---|---|" + "---:|" * (len(order) + 5)]

@@ -1,19 +1,23 @@
 //! Compressed models compiled to pare's kernels for them, against the interpreter: quantized
-//! MatMuls on the int8 kernel (`pare_k_qmatmul`) and sparse weights on the sparse kernel
-//! (`pare_k_spmm`).
+//! MatMuls on the int8 kernel (`pare_k_qmatmul`), quantized (QDQ, group-1) convolutions on the
+//! int8 conv kernel (`pare_k_qconv`) and sparse weights on the sparse kernel (`pare_k_spmm`).
 //!
-//! * On small graphs whose quantized MatMul reads a graph input directly, the kernel sees the
-//!   interpreter's activation codes, so the only difference left is f32 rounding of the final
-//!   scaling: agreement within 1e-5 of the output scale, for the dynamic pattern, the static
-//!   QDQ pattern (uint8 and int8 activations, Gemm with transB, alpha and a bias) and a QDQ
-//!   pair in front of a convolution (compiled as f32 arithmetic).
+//! * On small graphs whose quantized MatMul or convolution reads a graph input directly, the
+//!   kernel sees the interpreter's activation codes, so the only difference left is f32
+//!   rounding of the final scaling: agreement within 1e-5 of the output scale, for the dynamic
+//!   pattern, the static QDQ pattern (uint8 and int8 activations, Gemm with transB, alpha and a
+//!   bias), QDQ convolutions (strides, pads, dilations, per-channel and per-tensor weight
+//!   scales, bias, Relu and residual folded into the kernel) and a QDQ pair in front of an f32
+//!   convolution (compiled as f32 arithmetic).
 //! * On the real models (`quantize(bits=8)` without and with calibration), every quantized
-//!   MatMul/Gemm compiles to the int8 kernel. Upstream layers are computed by other kernels
-//!   than the interpreter's, and an f32 difference in the last bit can move an activation code
-//!   by one step, so agreement is checked against the size of one quantization step: the
-//!   outputs' cosine with the interpreter's ≥ 0.999 and the largest error below 10 % of the
-//!   output scale (measured: dynamic forms agree within 1e-4, static ones within 4e-2 with
-//!   cosine 0.9998 on ocr-rec, the size of one flipped code in an early layer).
+//!   MatMul/Gemm compiles to the int8 kernel, and with calibration the CNNs' (ocr-rec, ocr-cls,
+//!   orientation) group-1 convolutions to the int8 conv kernel. Upstream layers are computed by
+//!   other kernels than the interpreter's, and an f32 difference in the last bit can move an
+//!   activation code by one step, so agreement is checked against the size of one quantization
+//!   step: the outputs' cosine with the interpreter's ≥ 0.999 and the largest error below 10 %
+//!   of the output scale (measured: dynamic forms agree within 1e-4; static ocr-rec and ocr-cls
+//!   within 1e-4, orientation within 1.1e-2 and minilm within 1e-2 with cosine ≥ 0.9999, the
+//!   size of one flipped code in an early layer).
 
 use pare_backend_llvm::{emit_artifact, Emit, Options};
 use pare_ir::{Graph, Tensor};
@@ -241,6 +245,97 @@ fn qdq_pair_before_a_convolution_compiles_bit_exactly() {
     assert!(err < 1e-6, "QDQ + Conv: max error {err:.2e} of scale");
 }
 
+/// `n` int8 codes in `[-max, max]`, as graph text.
+fn code_text(n: usize, seed: u32, max: f32) -> String {
+    ramp(n, seed)
+        .iter()
+        .map(|v| format!("{}", (v * max).round() as i32))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[test]
+fn static_int8_convolutions_compile_to_the_int8_conv_kernel() {
+    // Three QDQ convolutions on one quantized input: 3x3 stride 2 pad 1 with per-channel
+    // scales, a bias and a Relu; 1x1 with a per-tensor scale and a residual Add; 3x3 dilation 2
+    // on an int8-quantized copy (zero point shifted to uint8 in the kernel). The QConv's
+    // reference semantics (the interpreter) and pare_k_qconv see the same activation codes
+    // and compute the same exact integer sums, so only f32 rounding of the scaling differs.
+    // A depthwise (group = 64) QDQ convolution and one with C_in·kh·kw = 8, below
+    // QCONV_MIN_K, stay on the f32 path.
+    let f = |v: &[f32]| {
+        v.iter()
+            .map(|x| format!("{x:e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ws: Vec<f32> = ramp(8, 52)
+        .iter()
+        .map(|v| 0.002 + 0.004 * v.abs())
+        .collect();
+    let text = format!(
+        "graph @qconv(%x: f32[1,64,9,11], %r: f32[1,6,9,11], %u: f32[1,8,9,11]) -> (%y, %z, %d, %dw, %s1) {{\n  \
+         %s = const f32[] [0.0117]\n  %zp = const u8[] [121]\n  \
+         %s8 = const f32[] [0.009]\n  %zp8 = const i8[] [-7]\n  \
+         %wq = const i8[8,64,3,3] [{}]\n  %ws = const f32[8] [{}]\n  %b = const f32[8] [{}]\n  \
+         %w2q = const i8[6,64,1,1] [{}]\n  %w2s = const f32[] [0.003]\n  \
+         %w3q = const i8[4,64,3,3] [{}]\n  %w3s = const f32[4] [0.004, 0.002, 0.003, 0.005]\n  \
+         %w4q = const i8[64,1,3,3] [{}]\n  %w4s = const f32[] [0.004]\n  \
+         %w5q = const i8[3,8,1,1] [{}]\n  %w5s = const f32[] [0.002]\n  \
+         %q = QuantizeLinear(%x, %s, %zp)\n  %xd = DequantizeLinear(%q, %s, %zp)\n  \
+         %q8 = QuantizeLinear(%x, %s8, %zp8)\n  %xd8 = DequantizeLinear(%q8, %s8, %zp8)\n  \
+         %wd = DequantizeLinear(%wq, %ws) {{axis=0}}\n  \
+         %c1 = Conv(%xd, %wd, %b) {{strides=[2,2], pads=[1,1,1,1]}}\n  %y = Relu(%c1)\n  \
+         %w2d = DequantizeLinear(%w2q, %w2s)\n  %c2 = Conv(%xd, %w2d)\n  %z = Add(%c2, %r)\n  \
+         %w3d = DequantizeLinear(%w3q, %w3s) {{axis=0}}\n  \
+         %d = Conv(%xd8, %w3d) {{dilations=[2,2], pads=[2,1,2,3]}}\n  \
+         %w4d = DequantizeLinear(%w4q, %w4s)\n  \
+         %dw = Conv(%xd, %w4d) {{group=64, pads=[1,1,1,1]}}\n  \
+         %uq = QuantizeLinear(%u, %s, %zp)\n  %ud = DequantizeLinear(%uq, %s, %zp)\n  \
+         %w5d = DequantizeLinear(%w5q, %w5s)\n  %s1 = Conv(%ud, %w5d)\n}}\n",
+        code_text(8 * 576, 51, 127.0),
+        f(&ws),
+        f(&ramp(8, 53)),
+        code_text(6 * 64, 54, 100.0),
+        code_text(4 * 576, 55, 127.0),
+        code_text(64 * 9, 56, 127.0),
+        code_text(24, 59, 127.0),
+    );
+    let g = pare_ir::parse_graph(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let x = Tensor::from_vec(
+        vec![1, 64, 9, 11],
+        ramp(64 * 99, 57).iter().map(|v| v * 1.4).collect(),
+    );
+    let r = Tensor::from_vec(vec![1, 6, 9, 11], ramp(6 * 99, 58));
+    let u = Tensor::from_vec(vec![1, 8, 9, 11], ramp(8 * 99, 60));
+    let inputs = [x, r, u];
+    // The interpreter on the fused graph runs QConv's reference semantics; on the original
+    // graph, the f32 convolution of the dequantized values.
+    let mut fused = g.clone();
+    pare_ir::infer::infer_types(&mut fused).expect("types");
+    let st = pare_backend_llvm::qfuse::fuse_quantized(&mut fused);
+    assert_eq!(st.conv, 3, "{st:?}");
+    pare_ir::infer::infer_types(&mut fused).expect("types");
+    let want = interp(&fused, &inputs);
+    let orig = interp(&g, &inputs);
+    let (got, kernels) = compile_run(&g, &inputs, "qconv");
+    assert_eq!(calls(&kernels, "pare_k_qconv"), 3, "{kernels:?}");
+    assert_eq!(calls(&kernels, "pare_k_conv"), 2, "{kernels:?}");
+    for (i, ((a, b), o)) in want.iter().zip(&got).zip(&orig).enumerate() {
+        let (err, _) = agreement(a, b);
+        assert!(
+            err < 1e-5,
+            "output {i}: compiled vs QConv semantics: {err:.2e} of scale"
+        );
+        // The pattern's own f32 arithmetic differs only by f32 rounding of its sums.
+        let (err, _) = agreement(o, b);
+        assert!(
+            err < 1e-4,
+            "output {i}: compiled vs the QDQ graph: {err:.2e} of scale"
+        );
+    }
+}
+
 #[test]
 fn qoperator_matmul_and_conv_compile_through_their_qdq_form() {
     // QLinearMatMul and QLinearConv between QuantizeLinear and DequantizeLinear, as
@@ -301,7 +396,7 @@ fn qoperator_matmul_and_conv_compile_through_their_qdq_form() {
 #[test]
 fn quantized_real_models_compile_to_the_int8_kernel() {
     for c in cases() {
-        if !["minilm", "ocr-rec"].contains(&c.name.as_str()) {
+        if !["minilm", "ocr-rec", "ocr-cls", "orientation"].contains(&c.name.as_str()) {
             continue;
         }
         let model =
@@ -318,21 +413,34 @@ fn quantized_real_models_compile_to_the_int8_kernel() {
             })
             .collect();
         for (form, calib) in [("dynamic", &data[..0]), ("static", &data[..2])] {
+            if form == "dynamic" && ["ocr-cls", "orientation"].contains(&c.name.as_str()) {
+                // Their dynamic form keeps weight-only (f32) convolutions: nothing int8 to run.
+                continue;
+            }
             let mut g = model.graph.clone();
             run_pipeline(&mut g, "canonicalize,quantize(bits=8),canonicalize", calib);
             let held = &data[2];
             let want = interp(&g, held);
             let (got, kernels) = compile_run(&g, held, &format!("{}-{form}", c.name));
-            let calls = qmatmul_calls(&kernels);
+            let qconvs = calls(&kernels, "pare_k_qconv");
+            let int8 = qmatmul_calls(&kernels) + qconvs;
             assert!(
-                calls > 0,
+                int8 > 0,
                 "{} {form}: no int8 kernel call in {kernels:?}",
                 c.name
             );
+            if form == "static" && c.name != "minilm" {
+                // The CNNs' group-1 convolutions run on the int8 conv kernel.
+                assert!(
+                    qconvs > 0,
+                    "{} static: no int8 conv kernel call in {kernels:?}",
+                    c.name
+                );
+            }
             for (a, b) in want.iter().zip(&got) {
                 let (err, cos) = agreement(a, b);
                 eprintln!(
-                    "{:<8} {form:<8} {calls:>3} int8 calls  max err {err:.2e} of scale  cosine {cos:.6}",
+                    "{:<12} {form:<8} {int8:>3} int8 calls ({qconvs} conv)  max err {err:.2e} of scale  cosine {cos:.6}",
                     c.name
                 );
                 assert!(

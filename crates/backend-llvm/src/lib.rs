@@ -120,8 +120,9 @@ pub struct Options {
 /// The pipeline `pare compile` runs before lowering: constant subgraphs are folded even when
 /// that grows the constants (up to 1 GiB more), because the artifact needs their values
 /// anyway and computing them at run time would be wasted work, then `canonicalize` runs to its
-/// fixpoint. Quantized MatMuls were turned into the int8 kernel's node before this runs
-/// ([`qfuse`]); other weights stored as `DequantizeLinear(int8 codes, scale)` (convolutions,
+/// fixpoint. Quantized MatMuls and statically quantized group-1 2-D convolutions were turned
+/// into the int8 kernels' nodes before this runs ([`qfuse`]); other weights stored as
+/// `DequantizeLinear(int8 codes, scale)` (weight-only or grouped/depthwise convolutions,
 /// weight-only int4) compile to their f32 values.
 pub const COMPILE_PIPELINE: &str =
     "fold-constants(max-growth-bytes=1073741824,keep-compressed=false),canonicalize";
@@ -278,15 +279,17 @@ pub fn prepare(g: &mut pare_ir::Graph, opts: &Options) -> Result<()> {
             });
         }
     }
-    // Before constant folding turns the int8 weights of quantized MatMuls into f32 values.
+    // Before constant folding turns the int8 weights of quantized MatMuls and convolutions into
+    // f32 values.
     let q = qfuse::fuse_quantized(g);
     if q != qfuse::QFuseStats::default() {
         tracing::info!(
             dynamic = q.dynamic,
             static_ = q.static_,
+            conv = q.conv,
             fake_quant = q.fake_quant,
             qoperator = q.qoperator,
-            "quantized MatMuls compiled to the int8 kernel"
+            "quantized MatMuls and convolutions compiled to the int8 kernels"
         );
         pare_ir::infer::infer_types(g).map_err(|e| BackendError::Prepare(e.to_string()))?;
     }

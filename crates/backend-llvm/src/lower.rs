@@ -446,6 +446,7 @@ fn lower_node(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result<()> {
         Op::Lstm(a) => lower_lstm(b, n, a),
         Op::Attention(a) => lower_attention(b, n, a),
         Op::Custom(_) if crate::qfuse::as_qmatmul(&node.op).is_some() => gemm::lower_qmatmul(b, cx, n),
+        Op::Custom(_) if crate::qfuse::as_qconv(&node.op).is_some() => gemm::lower_qconv(b, cx, n),
         Op::Reshape(_) | Op::Squeeze | Op::Unsqueeze | Op::Flatten(_) | Op::Identity | Op::Dropout(_) => {
             // A view whose sizes differ (should not happen after inference): copy.
             Err(unsupported(g, n, "view with mismatched sizes"))

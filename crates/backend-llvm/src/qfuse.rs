@@ -12,7 +12,14 @@
 //!   DequantizeLinear(W_q, w_scale[, 0]))`, and the same as a Gemm's A and B (`transA = 0`;
 //!   `transB` transposes the codes at compile time, `alpha` is folded into `w_scale`, `C` stays
 //!   an `Add` that the kernel's epilogue absorbs), with per-tensor constant `s`, `z` (uint8 or
-//!   int8 activations) and int8 weights quantized per tensor or per output column.
+//!   int8 activations) and int8 weights quantized per tensor or per output column;
+//! * static (QDQ) convolution: `Conv(DequantizeLinear(QuantizeLinear(x, s, z), s, z),
+//!   DequantizeLinear(W_q, w_scale[, 0])[, bias])` with `group = 1`, a 2-D kernel, a constant
+//!   int8 `W_q` `[C_out, C_in, kh, kw]` and a scalar or per-output-channel (`axis = 0`)
+//!   `w_scale`, becomes one [`QConv`](QCONV_OP_TYPE) node that the backend lowers to
+//!   `pare_k_qconv` (see `pare_runtime::ops::qconv`); `auto_pad` is resolved into explicit pads.
+//!   Grouped and depthwise convolutions, and those with `C_in·kh·kw <` [`QCONV_MIN_K`] (where
+//!   the int8 kernel is not faster), keep the f32 path below.
 //!
 //! The node computes exactly what the pattern computes, up to f32 rounding of the final
 //! scaling: the activation codes are the ones `DynamicQuantizeLinear` / `QuantizeLinear` would
@@ -24,8 +31,8 @@
 //! form (`QuantizeLinear(MatMul/Conv(DequantizeLinear(a), DequantizeLinear(w)))`), which the
 //! rules above and below then compile.
 //!
-//! **QDQ pairs left over** (activations of convolutions, outputs of MatMuls that feed something
-//! else): a per-tensor `QuantizeLinear → DequantizeLinear` pair with matching constant
+//! **QDQ pairs left over** (activations of grouped/depthwise convolutions, outputs of MatMuls
+//! and convolutions that feed something else): a per-tensor `QuantizeLinear → DequantizeLinear` pair with matching constant
 //! parameters becomes the same arithmetic in f32 — `(clip(round(x / s) + z, lo, hi) − z) · s` —
 //! which the backend fuses into an elementwise loop. The result is bit-identical to the pair.
 
@@ -37,6 +44,13 @@ use std::sync::Arc;
 pub const DOMAIN: &str = "ai.pare.backend";
 /// Op type of the quantized MatMul.
 pub const OP_TYPE: &str = "QMatMul";
+/// Op type of the quantized convolution.
+pub const QCONV_OP_TYPE: &str = "QConv";
+/// Smallest `C_in·kh·kw` for which a convolution becomes a QConv. Below it the integer
+/// product is too short to pay for quantizing, re-laying-out and transposing the data
+/// (`qconv_bench`, one thread: 0.6x the f32 convolution at 16, 0.9x at 27, break-even at 64,
+/// 1.3x at 128, 2-3x from 240), and the f32 path is kept.
+pub const QCONV_MIN_K: usize = 64;
 
 /// What [`fuse_quantized`] changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +59,8 @@ pub struct QFuseStats {
     pub dynamic: usize,
     /// Static (QDQ) MatMul/Gemm turned into QMatMul.
     pub static_: usize,
+    /// Static (QDQ) 2-D convolutions (group 1) turned into QConv.
+    pub conv: usize,
     /// Remaining QuantizeLinear → DequantizeLinear pairs turned into f32 arithmetic.
     pub fake_quant: usize,
     /// QLinearMatMul / QLinearConv nodes rewritten into their QDQ form first.
@@ -549,6 +565,433 @@ fn match_static(g: &Graph, mm: NodeId) -> Option<Found> {
     })
 }
 
+/// The attributes of a QConv node: a 2-D, `group = 1` convolution with explicit pads over an
+/// input quantized with a constant scale and uint8-domain zero point.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QConvAttrs {
+    /// Output channels.
+    pub c_out: usize,
+    /// Input channels.
+    pub c_in: usize,
+    /// Kernel `[kh, kw]`.
+    pub kernel: [usize; 2],
+    /// Strides `[sh, sw]`.
+    pub strides: [usize; 2],
+    /// Dilations `[dh, dw]`.
+    pub dilations: [usize; 2],
+    /// Pads `[top, left, bottom, right]`.
+    pub pads: [usize; 4],
+    /// Input scale (finite, > 0).
+    pub x_scale: f32,
+    /// Input zero point, uint8 domain (int8 zero points shifted by 128).
+    pub x_zero: u8,
+}
+
+impl QConvAttrs {
+    fn to_attrs(&self) -> Attrs {
+        let ints = |v: &[usize]| Attr::Ints(v.iter().map(|&x| x as i64).collect());
+        Attrs(vec![
+            (
+                "shape".into(),
+                ints(&[self.c_out, self.c_in, self.kernel[0], self.kernel[1]]),
+            ),
+            ("strides".into(), ints(&self.strides)),
+            ("dilations".into(), ints(&self.dilations)),
+            ("pads".into(), ints(&self.pads)),
+            ("x_scale".into(), Attr::Float(self.x_scale)),
+            ("x_zero".into(), Attr::Int(self.x_zero as i64)),
+        ])
+    }
+
+    /// Reads the attributes of a QConv node.
+    pub fn from_attrs(a: &Attrs) -> Result<QConvAttrs, String> {
+        fn ints<const N: usize>(a: &Attrs, name: &str, min: usize) -> Result<[usize; N], String> {
+            let v = match a.get(name) {
+                Some(Attr::Ints(v)) if v.len() == N => v,
+                _ => return Err(format!("QConv: attribute {name} must be {N} ints")),
+            };
+            let mut out = [0usize; N];
+            for (o, &x) in out.iter_mut().zip(v) {
+                *o = usize::try_from(x)
+                    .ok()
+                    .filter(|&x| x >= min && x <= i32::MAX as usize)
+                    .ok_or_else(|| format!("QConv: {name} value {x} out of range"))?;
+            }
+            Ok(out)
+        }
+        let shape: [usize; 4] = ints(a, "shape", 1)?;
+        let x_scale = match a.get("x_scale") {
+            Some(Attr::Float(f)) if f.is_finite() && *f > 0.0 => *f,
+            _ => return Err("QConv: x_scale must be a finite float > 0".into()),
+        };
+        let x_zero = match a.get("x_zero") {
+            Some(Attr::Int(z)) => {
+                u8::try_from(*z).map_err(|_| "QConv: x_zero must be in 0..=255".to_string())?
+            }
+            _ => return Err("QConv: int attribute x_zero missing".into()),
+        };
+        Ok(QConvAttrs {
+            c_out: shape[0],
+            c_in: shape[1],
+            kernel: [shape[2], shape[3]],
+            strides: ints(a, "strides", 1)?,
+            dilations: ints(a, "dilations", 1)?,
+            pads: ints(a, "pads", 0)?,
+            x_scale,
+            x_zero,
+        })
+    }
+
+    /// Output extent along spatial axis `i` (0 = height) for input extent `x`, or `None` when
+    /// the kernel does not fit.
+    pub fn out_extent(&self, i: usize, x: usize) -> Option<usize> {
+        let padded = x.checked_add(self.pads[i])?.checked_add(self.pads[i + 2])?;
+        let ext = self.dilations[i]
+            .checked_mul(self.kernel[i] - 1)?
+            .checked_add(1)?;
+        padded.checked_sub(ext).map(|d| d / self.strides[i] + 1)
+    }
+
+    /// `c_in · kh · kw`.
+    fn k(&self) -> usize {
+        self.c_in * self.kernel[0] * self.kernel[1]
+    }
+}
+
+/// Reference semantics of QConv: inputs `x` (f32 `[N, C_in, H, W]`), `w` (int8
+/// `[C_out, C_in, kh, kw]`), `w_scale` (f32 `[C_out]`), optional `bias` (f32 `[C_out]`); output
+/// f32 `[N, C_out, OH, OW]`:
+/// `y[n, o, p] = x_scale · w_scale[o] · Σ_t (q(x)[t(p)] − x_zero) · w[o, t] + bias[o]`, with
+/// `q` ONNX `QuantizeLinear` to uint8 and padded positions contributing 0.
+#[derive(Debug)]
+pub struct QConvDef;
+
+/// The QConv op with its attributes.
+pub fn qconv_op(a: &QConvAttrs) -> Op {
+    Op::Custom(CustomOp {
+        domain: DOMAIN.into(),
+        op_type: QCONV_OP_TYPE.into(),
+        attrs: a.to_attrs(),
+        def: Some(Arc::new(QConvDef)),
+    })
+}
+
+/// The attributes when `op` is a QConv.
+pub fn as_qconv(op: &Op) -> Option<Result<QConvAttrs, String>> {
+    match op {
+        Op::Custom(c) if c.domain == DOMAIN && c.op_type == QCONV_OP_TYPE => {
+            Some(QConvAttrs::from_attrs(&c.attrs))
+        }
+        _ => None,
+    }
+}
+
+impl CustomOpDef for QConvDef {
+    fn infer(&self, attrs: &Attrs, inputs: &[TensorType]) -> Result<Vec<TensorType>, String> {
+        let a = QConvAttrs::from_attrs(attrs)?;
+        let x = inputs.first().ok_or("QConv needs an input")?;
+        let shape = match &x.shape {
+            Some(s) if s.rank() != 4 => {
+                return Err(format!(
+                    "QConv: the input must have rank 4, got {}",
+                    s.rank()
+                ))
+            }
+            Some(s) => {
+                if let Dim::Fixed(c) = &s.0[1] {
+                    if *c as usize != a.c_in {
+                        return Err(format!("QConv: input has {c} channels, C_in is {}", a.c_in));
+                    }
+                }
+                let sp = |i: usize| -> Result<Dim, String> {
+                    match &s.0[2 + i] {
+                        Dim::Fixed(x) => a
+                            .out_extent(i, *x as usize)
+                            .map(|o| Dim::Fixed(o as u64))
+                            .ok_or_else(|| "QConv: kernel larger than the padded input".into()),
+                        _ => Ok(Dim::Unknown),
+                    }
+                };
+                Some(Shape(vec![
+                    s.0[0].clone(),
+                    Dim::Fixed(a.c_out as u64),
+                    sp(0)?,
+                    sp(1)?,
+                ]))
+            }
+            None => None,
+        };
+        Ok(vec![TensorType {
+            dtype: Some(DType::F32),
+            shape,
+        }])
+    }
+
+    fn flops(&self, attrs: &Attrs, _inputs: &[TensorType], outputs: &[TensorType]) -> Option<u64> {
+        let k = QConvAttrs::from_attrs(attrs).ok()?.k() as u64;
+        let out: u64 = outputs
+            .first()?
+            .shape
+            .as_ref()?
+            .0
+            .iter()
+            .map(|d| d.fixed())
+            .product::<Option<u64>>()?;
+        Some(2 * out * k)
+    }
+
+    fn verify(&self, attrs: &Attrs, num_inputs: usize) -> Result<(), String> {
+        QConvAttrs::from_attrs(attrs)?;
+        if !(3..=4).contains(&num_inputs) {
+            return Err(format!("QConv takes 3 or 4 inputs, got {num_inputs}"));
+        }
+        Ok(())
+    }
+
+    fn eval(&self, attrs: &Attrs, inputs: &[Tensor]) -> Result<Vec<Tensor>, String> {
+        let a = QConvAttrs::from_attrs(attrs)?;
+        let (x, w, ws, bias) = match inputs {
+            [x, w, ws] => (x, w, ws, None),
+            [x, w, ws, b] => (x, w, ws, Some(b)),
+            _ => return Err("QConv takes 3 or 4 inputs".into()),
+        };
+        let xv: Vec<f32> = x.to_vec().map_err(|e| e.to_string())?;
+        let wv: Vec<i8> = w.to_vec().map_err(|e| e.to_string())?;
+        let sv: Vec<f32> = ws.to_vec().map_err(|e| e.to_string())?;
+        let bv: Option<Vec<f32>> = bias
+            .map(|b| b.to_vec().map_err(|e| e.to_string()))
+            .transpose()?;
+        let (co, ci, [kh, kw]) = (a.c_out, a.c_in, a.kernel);
+        let &[n, xc, h, wd] = x.shape() else {
+            return Err(format!("QConv: input shape {:?} is not 4-D", x.shape()));
+        };
+        if xc != ci
+            || wv.len() != co * a.k()
+            || sv.len() != co
+            || bv.as_ref().is_some_and(|b| b.len() != co)
+        {
+            return Err(format!(
+                "QConv: shapes {:?}, {:?}, {:?} do not match [{co}, {ci}, {kh}, {kw}]",
+                x.shape(),
+                w.shape(),
+                ws.shape()
+            ));
+        }
+        if a.k() > pare_runtime::qgemm::QGEMM_MAX_K {
+            return Err("QConv: C_in·kh·kw is too large for an exact i32 sum".into());
+        }
+        let (Some(oh), Some(ow)) = (a.out_extent(0, h), a.out_extent(1, wd)) else {
+            return Err("QConv: kernel larger than the padded input".into());
+        };
+        let (s, z) = (a.x_scale, a.x_zero as f32);
+        let q: Vec<i32> = xv
+            .iter()
+            .map(|&v| ((v / s).round_ties_even() + z).clamp(0.0, 255.0) as i32 - a.x_zero as i32)
+            .collect();
+        let [sh, sw] = a.strides;
+        let [dh, dw] = a.dilations;
+        let (pt, pl) = (a.pads[0], a.pads[1]);
+        let mut y = vec![0f32; n * co * oh * ow];
+        let mut acc = vec![0i32; oh * ow];
+        for img in 0..n {
+            for o in 0..co {
+                acc.fill(0);
+                for c in 0..ci {
+                    let plane = &q[(img * ci + c) * h * wd..][..h * wd];
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let wt = wv[((o * ci + c) * kh + ky) * kw + kx] as i32;
+                            if wt == 0 {
+                                continue;
+                            }
+                            for oy in 0..oh {
+                                let Some(iy) = (oy * sh + ky * dh).checked_sub(pt) else {
+                                    continue;
+                                };
+                                if iy >= h {
+                                    continue;
+                                }
+                                let row = &plane[iy * wd..][..wd];
+                                let out = &mut acc[oy * ow..][..ow];
+                                for (ox, r) in out.iter_mut().enumerate() {
+                                    let ix = ox * sw + kx * dw;
+                                    if ix >= pl && ix - pl < wd {
+                                        // Exact: |Σ| <= k·255·128 < 2^31 (k checked above).
+                                        *r += row[ix - pl] * wt;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                let scale = s * sv[o];
+                let b = bv.as_ref().map_or(0.0, |b| b[o]);
+                let dst = &mut y[(img * co + o) * oh * ow..][..oh * ow];
+                for (d, &v) in dst.iter_mut().zip(&acc) {
+                    *d = v as f32 * scale;
+                    if bv.is_some() {
+                        *d += b;
+                    }
+                }
+            }
+        }
+        Ok(vec![Tensor::from_vec(vec![n, co, oh, ow], y)])
+    }
+}
+
+/// A recognized quantized convolution.
+struct FoundConv {
+    x: ValueId,
+    /// The int8 weight constant (`[C_out, C_in, kh, kw]`).
+    w: ValueId,
+    scales: Vec<f32>,
+    bias: Option<ValueId>,
+    attrs: QConvAttrs,
+    y: ValueId,
+}
+
+/// The static (QDQ) convolution pattern at Conv node `cn` (see the module doc).
+fn match_qconv(g: &Graph, cn: NodeId) -> Option<FoundConv> {
+    let nd = g.node(cn);
+    let Op::Conv(ca) = &nd.op else {
+        return None;
+    };
+    if ca.group > 1 {
+        return None;
+    }
+    let (x, quant) = match_qdq(g, nd.input(0)?)?;
+    let ActQuant::Static { scale, zero } = quant else {
+        return None;
+    };
+    let xs: Vec<usize> = g
+        .value(x)
+        .ty
+        .shape
+        .as_ref()?
+        .0
+        .iter()
+        .map(|d| d.fixed().map(|v| v as usize))
+        .collect::<Option<_>>()?;
+    if xs.len() != 4 {
+        return None;
+    }
+    // The weight: DequantizeLinear(int8 const [C_out, C_in, kh, kw], scale[, 0]).
+    let (dn, dop) = producer_op(g, nd.input(1)?)?;
+    let Op::DequantizeLinear(da) = dop else {
+        return None;
+    };
+    if da.block_size != 0 {
+        return None;
+    }
+    let d = g.node(dn);
+    if !zero_or_absent(g, d.input(2)) {
+        return None;
+    }
+    let w = d.input(0)?;
+    let wt = g.constant(w)?;
+    if wt.dtype() != DType::I8 || wt.shape().len() != 4 {
+        return None;
+    }
+    let [co, ci, kh, kw] = [wt.shape()[0], wt.shape()[1], wt.shape()[2], wt.shape()[3]];
+    if co == 0 || ci == 0 || kh == 0 || kw == 0 || xs[1] != ci {
+        return None;
+    }
+    if ci * kh * kw > pare_runtime::qgemm::QGEMM_MAX_K || ci * kh * kw < QCONV_MIN_K {
+        return None;
+    }
+    let s = const_f32(g, d.input(1)?)?;
+    let axis = if da.axis < 0 { da.axis + 4 } else { da.axis };
+    if s.len() != 1 && !(s.len() == co && axis == 0) {
+        return None;
+    }
+    if !s.iter().all(|v| v.is_finite()) {
+        return None;
+    }
+    let scales = if s.len() == 1 { vec![s[0]; co] } else { s };
+    let bias = match nd.input(2) {
+        None => None,
+        Some(b) => {
+            let ty = &g.value(b).ty;
+            let numel: Option<u64> = ty.shape.as_ref()?.0.iter().map(|d| d.fixed()).product();
+            if ty.dtype != Some(DType::F32) || numel != Some(co as u64) {
+                return None;
+            }
+            Some(b)
+        }
+    };
+    let two = |v: &Option<Vec<i64>>| -> Option<[usize; 2]> {
+        match v {
+            None => Some([1, 1]),
+            Some(v) if v.len() == 2 && v.iter().all(|&x| x >= 1) => {
+                Some([v[0] as usize, v[1] as usize])
+            }
+            _ => None,
+        }
+    };
+    let strides = two(&ca.strides)?;
+    let dilations = two(&ca.dilations)?;
+    let pads = match ca.auto_pad.as_str() {
+        "NOTSET" | "" => match &ca.pads {
+            None => [0; 4],
+            Some(p) if p.len() == 4 && p.iter().all(|&x| x >= 0) => {
+                [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
+            }
+            _ => return None,
+        },
+        "VALID" => [0; 4],
+        mode @ ("SAME_UPPER" | "SAME_LOWER") => {
+            let mut p = [0usize; 4];
+            for i in 0..2 {
+                let (inp, k) = (xs[2 + i], [kh, kw][i]);
+                let out = inp.div_ceil(strides[i]);
+                let need =
+                    ((out - 1) * strides[i] + (k - 1) * dilations[i] + 1).saturating_sub(inp);
+                let (small, big) = (need / 2, need - need / 2);
+                (p[i], p[i + 2]) = if mode == "SAME_UPPER" {
+                    (small, big)
+                } else {
+                    (big, small)
+                };
+            }
+            p
+        }
+        _ => return None,
+    };
+    let attrs = QConvAttrs {
+        c_out: co,
+        c_in: ci,
+        kernel: [kh, kw],
+        strides,
+        dilations,
+        pads,
+        x_scale: scale,
+        x_zero: zero,
+    };
+    attrs.out_extent(0, xs[2])?;
+    attrs.out_extent(1, xs[3])?;
+    Some(FoundConv {
+        x,
+        w,
+        scales,
+        bias,
+        attrs,
+        y: nd.outputs()[0],
+    })
+}
+
+/// Adds a QConv reading `x` and replaces the Conv's output by its output.
+fn emit_qconv(g: &mut Graph, f: FoundConv) {
+    let base = g.value(f.y).name.clone();
+    let s = g.add_const(
+        format!("{base}.qscale"),
+        Tensor::from_vec(vec![f.attrs.c_out], f.scales),
+    );
+    let mut ins = vec![f.x, f.w, s];
+    ins.extend(f.bias);
+    let q = g.add_simple(format!("{base}.qconv"), qconv_op(&f.attrs), &ins);
+    replace_output(g, f.y, q);
+}
+
 /// Rewrites the pair at DequantizeLinear node `dqn` into f32 arithmetic when it is the second
 /// half of a per-tensor QDQ pair. Returns true when it did.
 fn fake_quant(g: &mut Graph, dqn: NodeId) -> bool {
@@ -702,7 +1145,8 @@ fn decompose_qoperator(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
-/// Rewrites every recognized quantized MatMul into a QMatMul and every remaining per-tensor
+/// Rewrites every recognized quantized MatMul into a QMatMul, every recognized quantized
+/// convolution into a QConv, and every remaining per-tensor
 /// QDQ pair into f32 arithmetic (see the module doc), then removes what became dead. Types
 /// must be inferred; the caller re-infers them afterwards.
 pub fn fuse_quantized(g: &mut Graph) -> QFuseStats {
@@ -736,6 +1180,12 @@ pub fn fuse_quantized(g: &mut Graph) -> QFuseStats {
                 if let Some(f) = match_static(g, n) {
                     emit(g, f);
                     st.static_ += 1;
+                }
+            }
+            Op::Conv(_) => {
+                if let Some(f) = match_qconv(g, n) {
+                    emit_qconv(g, f);
+                    st.conv += 1;
                 }
             }
             _ => {}

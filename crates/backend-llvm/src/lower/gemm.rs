@@ -10,6 +10,7 @@ use pare_runtime::ops::conv::{
     conv_prepare_weights, conv_transpose_prepare_weights, ConvParams, ConvTransposeParams,
 };
 use pare_runtime::ops::matmul::{matmul_prepare_b, MatMulBias, MatMulParams};
+use pare_runtime::ops::qconv::{qconv_prepare_weights, QConvParams};
 use pare_runtime::ops::qmatmul::{qmatmul_prepare_b, QMatMulParams, QuantA};
 use pare_runtime::ops::spmm::{spmm_is_faster, spmm_prepare_b, SpmmParams};
 use pare_runtime::Activation;
@@ -27,6 +28,7 @@ enum EpiKind {
     ConvT(ConvTransposeParams),
     MatMul(MatMulParams),
     QMatMul(QMatMulParams),
+    QConv(QConvParams),
     Spmm(SpmmParams),
 }
 
@@ -37,6 +39,7 @@ impl EpiKind {
             EpiKind::ConvT(p) => p.activation,
             EpiKind::MatMul(p) => p.activation,
             EpiKind::QMatMul(p) => p.activation,
+            EpiKind::QConv(p) => p.conv.activation,
             EpiKind::Spmm(p) => p.activation,
         }
     }
@@ -46,6 +49,7 @@ impl EpiKind {
             EpiKind::ConvT(p) => p.encode(),
             EpiKind::MatMul(p) => p.encode(),
             EpiKind::QMatMul(p) => p.encode(),
+            EpiKind::QConv(p) => p.encode(),
             EpiKind::Spmm(p) => p.encode(),
         }
     }
@@ -54,7 +58,7 @@ impl EpiKind {
         match self {
             EpiKind::Conv(_) => 4,
             EpiKind::ConvT(_) => 3,
-            EpiKind::MatMul(_) | EpiKind::QMatMul(_) | EpiKind::Spmm(_) => 4,
+            EpiKind::MatMul(_) | EpiKind::QMatMul(_) | EpiKind::QConv(_) | EpiKind::Spmm(_) => 4,
         }
     }
 }
@@ -651,6 +655,100 @@ pub(crate) fn lower_qmatmul(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -
     Ok(())
 }
 
+/// Lowers a QConv node (see [`crate::qfuse`]) to `pare_k_qconv` with the weight packed at
+/// compile time; bias, residual and activation are folded into its epilogue like a Conv's.
+pub(crate) fn lower_qconv(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result<()> {
+    let g = b.g;
+    let node = g.node(n);
+    let a = match crate::qfuse::as_qconv(&node.op) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => return Err(unsupported(g, n, e)),
+        None => return Err(unsupported(g, n, "not a QConv")),
+    };
+    let x = input(g, n, 0)?;
+    let wv = input(g, n, 1)?;
+    let sv = input(g, n, 2)?;
+    let bias = opt_input(g, n, 3);
+    let y = node.outputs()[0];
+    let xs = shape(g, x)?;
+    if dtype(g, x)? != DType::F32 || xs.len() != 4 || xs[1] != a.c_in {
+        return Err(unsupported(
+            g,
+            n,
+            format!("input of shape {xs:?}, C_in = {}", a.c_in),
+        ));
+    }
+    let mut c = ConvParams::new(
+        xs[0],
+        a.c_in,
+        xs[2],
+        xs[3],
+        a.c_out,
+        a.kernel[0],
+        a.kernel[1],
+    );
+    (c.stride_h, c.stride_w) = (a.strides[0], a.strides[1]);
+    (c.dilation_h, c.dilation_w) = (a.dilations[0], a.dilations[1]);
+    (c.pad_top, c.pad_left, c.pad_bottom, c.pad_right) =
+        (a.pads[0], a.pads[1], a.pads[2], a.pads[3]);
+    c.has_bias = bias.is_some();
+    let len = a.c_out * a.c_in * a.kernel[0] * a.kernel[1];
+    let codes: Vec<i8> = g
+        .constant(wv)
+        .and_then(|t| t.to_vec::<i8>().ok())
+        .filter(|c| c.len() == len)
+        .ok_or_else(|| {
+            unsupported(
+                g,
+                n,
+                "the weight must be a constant int8 [C_out, C_in, kh, kw] tensor",
+            )
+        })?;
+    let scales = f32_const(g, n, sv, "the weight scale")?;
+    if scales.len() != a.c_out {
+        return Err(unsupported(g, n, "the weight scale must have C_out values"));
+    }
+    let (blob, format, seven_bit) =
+        qconv_prepare_weights(a.c_out, a.c_in, a.kernel[0], a.kernel[1], &codes, &scales)
+            .map_err(|e| unsupported(g, n, format!("packing the int8 weight: {e}")))?;
+    let mut p = QConvParams::new(c, format, a.x_scale, a.x_zero);
+    p.seven_bit = seven_bit;
+    p.validate().map_err(|e| unsupported(g, n, e.message))?;
+    let mut bytes = Vec::with_capacity(blob.len() * 4);
+    for w in &blob {
+        bytes.extend_from_slice(&w.to_le_bytes());
+    }
+    let b_op = Operand::Const(b.add_const(&format!("{}.packed", g.value(wv).name), bytes));
+    let bias_op = match bias {
+        Some(bv) => value_operand(b, bv),
+        None => Operand::Null,
+    };
+    let xo = value_operand(b, x);
+    let idx = kernel(
+        b,
+        n,
+        "pare_k_qconv",
+        p.encode(),
+        vec![
+            xo,
+            b_op,
+            bias_op,
+            Operand::Null,
+            Operand::Value(y),
+            Operand::Scratch,
+        ],
+        p.scratch_bytes() as u64,
+    );
+    cx.epi.insert(
+        y,
+        Epi {
+            item: idx,
+            kind: EpiKind::QConv(p),
+        },
+    );
+    Ok(())
+}
+
 fn scalar_const(g: &Graph, v: Option<ValueId>) -> Option<Option<f32>> {
     match v {
         None => Some(None),
@@ -721,6 +819,7 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                 EpiKind::ConvT(p) => p.activation = act,
                 EpiKind::MatMul(p) => p.activation = act,
                 EpiKind::QMatMul(p) => p.activation = act,
+                EpiKind::QConv(p) => p.conv.activation = act,
                 EpiKind::Spmm(p) => p.activation = act,
             }
         } else if matches!(node.op, Op::Add) && ident {
@@ -740,7 +839,7 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                         .all(|(i, &s)| (i == ch_axis) == (s != 0) || ys[i] == 1)
             };
             match &mut epi.kind {
-                EpiKind::Conv(p)
+                EpiKind::Conv(p) | EpiKind::QConv(QConvParams { conv: p, .. })
                     if !p.has_bias
                         && !p.has_residual
                         && g.constant(other).is_some()
@@ -792,7 +891,9 @@ pub(crate) fn try_fold(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Res
                     *has_residual = true;
                     new_res = Some(other);
                 }
-                EpiKind::Conv(p) if !p.has_residual && same && b.ready_before(other, epi.item) => {
+                EpiKind::Conv(p) | EpiKind::QConv(QConvParams { conv: p, .. })
+                    if !p.has_residual && same && b.ready_before(other, epi.item) =>
+                {
                     p.has_residual = true;
                     new_res = Some(other);
                 }

@@ -75,6 +75,7 @@ pub mod copy;
 pub mod gather;
 pub mod lstm;
 pub mod norm;
+pub mod qconv;
 pub mod qmatmul;
 pub mod reduce;
 pub mod resize;

@@ -253,26 +253,41 @@ pub fn qmatmul_prepare_b(
 
 /// Splits a blob from [`qmatmul_prepare_b`] into the packed weight view.
 fn weight_view<'a>(p: &QMatMulParams, blob: &'a [u32]) -> Result<PackedQBRef<'a>, KernelError> {
+    packed_weight(p.k, p.n, p.format, p.seven_bit, blob)
+}
+
+/// Views a `k x n` weight blob in the layout of [`qmatmul_prepare_b`] (checked lengths).
+pub(crate) fn packed_weight(
+    k: usize,
+    n: usize,
+    format: QbFormat,
+    seven_bit: bool,
+    blob: &[u32],
+) -> Result<PackedQBRef<'_>, KernelError> {
     let words =
-        PackedQB::packed_len(p.k, p.n, p.format).map_err(|e| KernelError::params(e.to_string()))?;
-    need_len("b", blob.len(), words + 2 * p.n)?;
+        PackedQB::packed_len(k, n, format).map_err(|e| KernelError::params(e.to_string()))?;
+    let need = n
+        .checked_mul(2)
+        .and_then(|x| x.checked_add(words))
+        .ok_or_else(|| KernelError::params("weight blob size overflows usize"))?;
+    need_len("b", blob.len(), need)?;
     let (w, rest) = blob.split_at(words);
-    let sums: &[i32] = cast_u32(&rest[..p.n]);
-    let scales: &[f32] = cast_u32(&rest[p.n..2 * p.n]);
-    PackedQBRef::new(p.k, p.n, p.format, w, sums, scales)
-        .map(|r| r.with_seven_bit(p.seven_bit))
+    let sums: &[i32] = cast_u32(&rest[..n]);
+    let scales: &[f32] = cast_u32(&rest[n..2 * n]);
+    PackedQBRef::new(k, n, format, w, sums, scales)
+        .map(|r| r.with_seven_bit(seven_bit))
         .map_err(|e| KernelError::params(e.to_string()))
 }
 
 /// Reinterprets 32-bit words as another plain 32-bit type.
-fn cast_u32<T: Plain32>(w: &[u32]) -> &[T] {
+pub(crate) fn cast_u32<T: Plain32>(w: &[u32]) -> &[T] {
     // SAFETY: `T` is i32 or f32 (the sealed `Plain32`), which have the size and alignment of
     // u32 and no invalid bit patterns, so every word is a valid `T` and the length is the same.
     unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<T>(), w.len()) }
 }
 
 /// 32-bit plain-old-data types every bit pattern of which is valid.
-trait Plain32 {}
+pub(crate) trait Plain32 {}
 impl Plain32 for i32 {}
 impl Plain32 for f32 {}
 
@@ -306,7 +321,7 @@ unsafe fn quantize_slice_avx2(a: &[f32], out: &mut [u8], scale: f32, zero: f32) 
 }
 
 /// Quantizes `a` into `out` with the fastest code the CPU runs.
-fn quantize_all(a: &[f32], out: &mut [u8], scale: f32, zero: f32) {
+pub(crate) fn quantize_all(a: &[f32], out: &mut [u8], scale: f32, zero: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected on this CPU.
@@ -478,7 +493,7 @@ fn qmatmul_impl(
 }
 
 /// The bytes as f32s when their start is 4-byte aligned.
-fn bytes_as_f32(b: &mut [u8]) -> Option<&mut [f32]> {
+pub(crate) fn bytes_as_f32(b: &mut [u8]) -> Option<&mut [f32]> {
     if !b.as_ptr().cast::<f32>().is_aligned() {
         return None;
     }
@@ -510,7 +525,7 @@ pub unsafe extern "C" fn pare_k_qmatmul(
 }
 
 /// The blob arrives through the f32 operand reader (same size and alignment); view it as words.
-fn cast_f32_words(w: &[f32]) -> &[u32] {
+pub(crate) fn cast_f32_words(w: &[f32]) -> &[u32] {
     // SAFETY: f32 and u32 have the same size and alignment and every bit pattern is a valid
     // u32; the length is unchanged.
     unsafe { std::slice::from_raw_parts(w.as_ptr().cast::<u32>(), w.len()) }
