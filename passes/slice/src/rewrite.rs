@@ -20,8 +20,57 @@ use crate::structure::{Bias, Linear, Plan, TermKind};
 use crate::NAME;
 use faer::Mat;
 use pare_ir::op::ReduceAttrs;
-use pare_ir::{Graph, Op, Tensor, Use, ValueId};
+use pare_ir::{Graph, NodeId, Op, Tensor, Use, ValueId};
 use pare_pass::PassError;
+use std::collections::BTreeMap;
+
+/// A constant operand of the rewritten graph holding a weight (`K×N`, stored `N×K` when
+/// `trans`) or a bias (`N` values, any shape).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slot {
+    /// The reading node.
+    pub node: NodeId,
+    /// Operand position.
+    pub operand: usize,
+    /// Stored transposed (Gemm with `transB = 1`).
+    pub trans: bool,
+}
+
+/// A linear map of the rewritten graph (a rewritten linear layer, an inserted residual or
+/// restore MatMul): where its weight and bias live and what it computes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// The MatMul or Gemm.
+    pub node: NodeId,
+    /// Its weight.
+    pub weight: Slot,
+    /// Its bias, if it has one.
+    pub bias: Option<Slot>,
+    /// The result before the bias (the node's output).
+    pub pre_bias: ValueId,
+    /// The result after the bias.
+    pub out: ValueId,
+}
+
+fn site_of(g: &Graph, node: NodeId, trans: bool, bias: Option<Slot>, out: ValueId) -> Site {
+    let pre_bias = g.node(node).outputs().first().copied().unwrap_or(out);
+    Site {
+        node,
+        weight: Slot {
+            node,
+            operand: 1,
+            trans,
+        },
+        bias,
+        pre_bias,
+        out,
+    }
+}
+
+fn producer_of(g: &Graph, v: ValueId) -> Result<NodeId, PassError> {
+    g.producer(v)
+        .ok_or_else(|| PassError::failed(NAME, "internal error: an inserted value has no producer"))
+}
 
 /// Counts of what the rewrite inserted.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,6 +87,14 @@ pub struct Inserted {
     pub tables: usize,
     /// Per norm: the rotated sum its RMS normalization reads.
     pub stream_inputs: Vec<ValueId>,
+    /// Per norm: the RMS-normalized rotated stream `ñ`.
+    pub streams: Vec<ValueId>,
+    /// The rewritten linear layers, by node.
+    pub linear_sites: BTreeMap<NodeId, Site>,
+    /// The residual MatMuls: (norm whose input it feeds, norm whose output it reads, site).
+    pub residual_sites: Vec<(usize, usize, Site)>,
+    /// The restore MatMuls: (norm, site).
+    pub restore_sites: Vec<(usize, Site)>,
 }
 
 fn unique(g: &Graph, base: &str) -> String {
@@ -78,6 +135,20 @@ fn mul(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
     out
 }
 
+/// `C·P` (`d×k`, row-major) with `P` the first `k` axes of `b`: maps a norm's input `z` into
+/// the rotated, sliced stream.
+pub(crate) fn centered_axes(b: &Basis, k: usize) -> Vec<f64> {
+    let d = b.q.d;
+    let mut cp = vec![0.0; d * k];
+    for c in 0..k {
+        let mean = (0..d).map(|r| b.q.at(r, c)).sum::<f64>() / d as f64;
+        for r in 0..d {
+            cp[r * k + c] = b.q.at(r, c) - mean;
+        }
+    }
+    cp
+}
+
 /// Per norm, with `P` its first `k` axes (`d×k`): the matrices every rewrite rule uses.
 struct Frame {
     d: usize,
@@ -94,13 +165,7 @@ impl Frame {
     fn new(b: &Basis, gamma: &[f64], beta: &[f64], k: usize) -> Frame {
         let d = b.q.d;
         let beta = beta.to_vec();
-        let mut cp = vec![0.0; d * k];
-        for c in 0..k {
-            let mean = (0..d).map(|r| b.q.at(r, c)).sum::<f64>() / d as f64;
-            for r in 0..d {
-                cp[r * k + c] = b.q.at(r, c) - mean;
-            }
-        }
+        let cp = centered_axes(b, k);
         let mut pt_gamma = vec![0.0; k * d];
         for c in 0..k {
             for r in 0..d {
@@ -180,6 +245,8 @@ pub fn apply(
                         Op::MatMul,
                         &[stream[*j], rv],
                     );
+                    let mm = producer_of(g, v)?;
+                    let mut bias_slot = None;
                     if c.iter().any(|&x| x != 0.0) {
                         let cv = add_const(
                             g,
@@ -192,9 +259,16 @@ pub fn apply(
                             Op::Add,
                             &[v, cv],
                         );
+                        bias_slot = Some(Slot {
+                            node: producer_of(g, v)?,
+                            operand: 1,
+                            trans: false,
+                        });
                     }
                     g.set_operand(t.node, t.operand, Some(v));
                     ins.residual += 1;
+                    ins.residual_sites
+                        .push((i, *j, site_of(g, mm, false, bias_slot, v)));
                 }
                 TermKind::Writer(_) => {}
                 TermKind::Table { gather, table } => {
@@ -279,6 +353,7 @@ pub fn apply(
         let out_name = format!("{}/sliced", g.value(norm.output).name);
         let nt = node(g, &out_name, Op::Div, &[w, rms]);
         stream.push(nt);
+        ins.streams.push(nt);
     }
 
     // Linear layers.
@@ -325,6 +400,8 @@ pub fn apply(
         };
         let wv = add_const(g, &wname, stored);
         g.set_operand(l.node, 1, Some(wv));
+        let y = g.node(l.node).outputs()[0];
+        let mut site = site_of(g, l.node, l.trans_b, None, y);
         if let Some(b) = bias {
             let (shape, bname) = match bias_value(g, l) {
                 Some((bv, mut shape)) => {
@@ -336,24 +413,41 @@ pub fn apply(
                 None => (vec![cols], format!("{lname}.slice_bias")),
             };
             let bv = add_const(g, &bname, f32_tensor(shape, &b));
+            let slot = |node, operand| Slot {
+                node,
+                operand,
+                trans: false,
+            };
             match &l.bias {
-                Some(Bias::Add { node, operand }) => g.set_operand(*node, *operand, Some(bv)),
-                Some(Bias::Gemm) => g.set_operand(l.node, 2, Some(bv)),
+                Some(Bias::Add { node, operand }) => {
+                    g.set_operand(*node, *operand, Some(bv));
+                    site.bias = Some(slot(*node, *operand));
+                    site.out = l.out;
+                }
+                Some(Bias::Gemm) => {
+                    g.set_operand(l.node, 2, Some(bv));
+                    site.bias = Some(slot(l.node, 2));
+                }
                 None => {
                     if matches!(g.node(l.node).op, Op::Gemm(_)) {
                         let mut ops = g.node(l.node).inputs().to_vec();
                         ops.resize(3, None);
                         ops[2] = Some(bv);
                         g.set_operands(l.node, ops);
+                        site.bias = Some(slot(l.node, 2));
                     } else {
-                        let y = g.node(l.node).outputs()[0];
                         let users: Vec<Use> = g.uses(y).to_vec();
                         let add = node(g, &format!("{lname}/slice_bias"), Op::Add, &[y, bv]);
                         redirect(g, &users, add);
+                        site.bias = Some(slot(producer_of(g, add)?, 1));
+                        site.out = add;
                     }
                 }
             }
+        } else if let Some(Bias::Add { .. }) = &l.bias {
+            site.out = l.out;
         }
+        ins.linear_sites.insert(l.node, site);
         if let Some(r) = l.reads {
             g.set_operand(l.node, 0, Some(stream[r]));
         }
@@ -380,6 +474,8 @@ pub fn apply(
                 Op::MatMul,
                 &[stream[i], m],
             );
+            let mm = producer_of(g, v)?;
+            let mut bias_slot = None;
             if f.beta.iter().any(|&x| x != 0.0) {
                 let b = add_const(
                     g,
@@ -387,7 +483,14 @@ pub fn apply(
                     f32_tensor(vec![f.d], &f.beta),
                 );
                 v = node(g, &format!("{lname}/slice_restore_bias"), Op::Add, &[v, b]);
+                bias_slot = Some(Slot {
+                    node: producer_of(g, v)?,
+                    operand: 1,
+                    trans: false,
+                });
             }
+            ins.restore_sites
+                .push((i, site_of(g, mm, false, bias_slot, v)));
             g.set_name(v, orig);
             redirect(g, others, v);
             ins.restores += 1;

@@ -55,6 +55,16 @@ fn calibration(g: &Graph, n: usize) -> SampleSet {
     pare_pass::samples::token_samples(g, n, 2, 16, 0x9e37_79b9_7f4a_7c15)
 }
 
+/// 16 more generated samples like the calibration ones (another seed): held out, but from
+/// the calibration distribution (random word ids), unlike the fixtures (real sentences).
+fn generated_held_out(g: &Graph) -> Vec<Vec<Tensor>> {
+    pare_pass::samples::token_samples(g, 16, 2, 16, 0x51ed_270b_1c2d_3e4f)
+        .samples
+        .into_iter()
+        .map(|s| s.inputs)
+        .collect()
+}
+
 fn fixtures(g: &Graph) -> Vec<Vec<Tensor>> {
     (0..3)
         .map(|i| {
@@ -76,6 +86,11 @@ struct Fid {
 
 /// Fidelity of every float output of `b` against `a`, by output name.
 fn fidelity(a: &Graph, b: &Graph) -> HashMap<String, Fid> {
+    fidelity_on(a, b, fixtures(a))
+}
+
+/// Fidelity of every float output of `b` against `a` on these inputs, by output name.
+fn fidelity_on(a: &Graph, b: &Graph, inputs: Vec<Vec<Tensor>>) -> HashMap<String, Fid> {
     let interp = Interpreter::new();
     let names: Vec<String> = a
         .outputs()
@@ -83,7 +98,7 @@ fn fidelity(a: &Graph, b: &Graph) -> HashMap<String, Fid> {
         .map(|&v| a.value(v).name.clone())
         .collect();
     let mut acc: HashMap<String, (f64, f64, usize, f64, f64)> = HashMap::new();
-    for inputs in fixtures(a) {
+    for inputs in inputs {
         let ya = interp.run(a, &inputs).expect("original runs");
         let yb = interp.run(b, &inputs).expect("sliced runs");
         for ((name, p), q) in names.iter().zip(&ya).zip(&yb) {
@@ -224,6 +239,61 @@ fn slicing_a_quarter_keeps_minilm_embeddings() {
     assert!(hid.mean_cos >= 0.89, "last hidden state: {hid:?}");
 }
 
+/// `refit=true` at `ratio=0.25`: the least-squares refit lowers every refitted map's error
+/// on the calibration data (and the sliced model's pooled error on the calibration samples
+/// themselves: cosine 0.955 -> 0.975), but held-out inputs gain next to nothing, generated
+/// ones like the calibration samples as little as the fixtures: the refit cannot bring back
+/// what the sliced axes carried, and what it fits beyond that does not generalize. Slow (about
+/// 80 s in release, two interpreter passes over 192 samples per refitted group), so it runs
+/// with `--ignored`; the synthetic tests in `invariance.rs` check the refit in CI.
+#[test]
+#[ignore = "slow: cargo test --release -p pare-slice --test real_models -- --ignored refitting"]
+fn refitting_a_quarter_slice_of_minilm() {
+    let Some(g) = load() else { return };
+    let t = Instant::now();
+    let calib = calibration(&g, 192);
+    let mut h = g.clone();
+    let mut cx = PassContext::new().with_samples(calib.clone());
+    let pipeline = format!("slice(ratio=0.25,scope=all,refit=true),{CANONICALIZE}");
+    let r = run_pipeline(&registry(), &pipeline, &mut h, &mut cx).expect("slice runs");
+    let step = &r.steps[0];
+    // Per block: Q, K, V, attention output + residual, FFN up, FFN down + residual; then the
+    // restore of the last norm.
+    assert_eq!(step.stats["refit-layers"], 19, "{:?}", step.notes);
+    assert_eq!(step.stats["refit-changed"], 19, "{:?}", step.notes);
+    for n in step.notes.iter().filter(|n| n.starts_with("refit")) {
+        eprintln!("  {n}");
+    }
+    let (before, after) = (r.before.params, r.after.params);
+    assert!(after + 30522 * 96 < before, "{before} -> {after}");
+    let f = fidelity(&g, &h);
+    let (hid, pool) = (f[HIDDEN], f[POOLED]);
+    let fc = fidelity_on(&g, &h, generated_held_out(&g));
+    eprintln!(
+        "minilm slice ratio=0.25 refit: params {before} -> {after}; hidden {hid:?}; pooled \
+         {pool:?}; on held-out generated samples: hidden {:?}, pooled {:?} in {:.1?}",
+        fc[HIDDEN],
+        fc[POOLED],
+        t.elapsed()
+    );
+    // Measured: fixtures, pooled cosine min 0.921 / mean 0.928, last hidden state mean 0.908
+    // (without the refit 0.921 / 0.932 and 0.904); held-out generated samples, pooled mean
+    // 0.936, last hidden state mean 0.925 (without: 0.936 and 0.921).
+    assert!(pool.min_cos >= 0.91, "pooled embedding: {pool:?}");
+    assert!(pool.mean_cos >= 0.92, "pooled embedding: {pool:?}");
+    assert!(hid.mean_cos >= 0.9, "last hidden state: {hid:?}");
+    assert!(
+        fc[POOLED].mean_cos >= 0.925,
+        "pooled, generated samples: {:?}",
+        fc[POOLED]
+    );
+    assert!(
+        fc[HIDDEN].mean_cos >= 0.915,
+        "last hidden state, generated samples: {:?}",
+        fc[HIDDEN]
+    );
+}
+
 /// Params and FLOPs of `g` at the fixtures' shape (batch 2, 16 tokens).
 fn cost_at_fixture_shape(g: &Graph) -> (u64, u64) {
     let mut b = g.clone();
@@ -284,12 +354,18 @@ fn slicing_the_embeddings_a_quarter_keeps_minilm_embeddings() {
 
 /// The sweep reported in the docs (slow: one calibration per ratio). With
 /// `SLICE_EXPORT=DIR`, each sliced model is also written to `DIR/<options>-<ratio>/` for
-/// onnxruntime; `SLICE_SWEEP=<options>:<ratio>` runs one row.
+/// onnxruntime; `SLICE_SWEEP=<options>:<ratio>` runs one row (any options, listed or not);
+/// `SLICE_GENERATED=1` also evaluates on held-out generated samples.
 #[test]
 #[ignore]
 fn sweep() {
     let Some(g) = load() else { return };
-    let calib = calibration(&g, 192);
+    // `SLICE_CALIB=N` calibrates on N samples instead of 192.
+    let n = std::env::var("SLICE_CALIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(192);
+    let calib = calibration(&g, n);
     let export_dir = std::env::var_os("SLICE_EXPORT").map(PathBuf::from);
     let (p0, f0) = cost_at_fixture_shape(&g);
     eprintln!(
@@ -304,11 +380,24 @@ fn sweep() {
         ("scope=all", 0.25),
         ("scope=all", 0.3),
         ("scope=all,sequential=true", 0.25),
+        ("scope=all,refit=true", 0.25),
+        ("scope=all,refit=true", 0.3),
+        ("scope=all,sequential=true,refit=true", 0.25),
         ("scope=embeddings", 0.25),
         ("scope=embeddings", 0.4),
         ("scope=embeddings", 0.5),
     ];
     let only = std::env::var("SLICE_SWEEP").ok();
+    // `SLICE_SWEEP=<options>:<ratio>` not in the list runs that one row.
+    let extra: Option<(String, f64)> = only.as_deref().and_then(|o| {
+        let (opts, r) = o.rsplit_once(':')?;
+        let ratio = r.parse().ok()?;
+        (!runs.iter().any(|(s, q)| *s == opts && *q == ratio)).then(|| (opts.to_string(), ratio))
+    });
+    let runs: Vec<(&str, f64)> = match &extra {
+        Some((opts, ratio)) => vec![(opts.as_str(), *ratio)],
+        None => runs.to_vec(),
+    };
     for (scope, ratio) in runs {
         if only
             .as_deref()
@@ -319,6 +408,13 @@ fn sweep() {
         let (h, _, _) = sliced(&g, ratio, scope, &calib);
         let f = fidelity(&g, &h);
         let (hid, pool) = (f[HIDDEN], f[POOLED]);
+        if std::env::var_os("SLICE_GENERATED").is_some() {
+            let fc = fidelity_on(&g, &h, generated_held_out(&g));
+            eprintln!(
+                "on held-out generated samples: hidden {:?}; pooled {:?}",
+                fc[HIDDEN], fc[POOLED]
+            );
+        }
         let (p, fl) = cost_at_fixture_shape(&h);
         eprintln!(
             "| {scope} | {ratio} | {} | {p} | {:.4} | {:.4} / {:.4} / {:.3} | {:.4} / {:.4} / {:.3} |",
