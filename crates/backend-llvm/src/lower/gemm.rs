@@ -53,6 +53,17 @@ impl EpiKind {
             EpiKind::Spmm(p) => p.encode(),
         }
     }
+    /// Scratch bytes the kernel needs (the f32 MatMul needs none).
+    fn scratch_bytes(&self) -> u64 {
+        (match self {
+            EpiKind::Conv(p) => p.scratch_bytes(),
+            EpiKind::ConvT(p) => p.scratch_bytes(),
+            EpiKind::MatMul(_) => 0,
+            EpiKind::QMatMul(p) => p.scratch_bytes(),
+            EpiKind::QConv(p) => p.scratch_bytes(),
+            EpiKind::Spmm(p) => p.scratch_bytes(),
+        }) as u64
+    }
     /// Index of the output in the kernel's bufs.
     fn out_buf(&self) -> usize {
         match self {
@@ -61,6 +72,22 @@ impl EpiKind {
             EpiKind::MatMul(_) | EpiKind::QMatMul(_) | EpiKind::QConv(_) | EpiKind::Spmm(_) => 4,
         }
     }
+}
+
+/// Emits the kernel call of a GEMM-class node writing `y` (parameters and scratch from `kind`)
+/// and records it, so that [`try_fold`] can fuse a following bias, residual or activation into
+/// its epilogue.
+fn epi_kernel(
+    b: &mut Builder<'_>,
+    cx: &mut Lowering,
+    n: NodeId,
+    func: &'static str,
+    kind: EpiKind,
+    operands: Vec<Operand>,
+    y: ValueId,
+) {
+    let item = kernel(b, n, func, kind.encode(), operands, kind.scratch_bytes());
+    cx.epi.insert(y, Epi { item, kind });
 }
 
 fn f32_const(g: &Graph, n: NodeId, v: ValueId, what: &str) -> Result<Vec<f32>> {
@@ -194,16 +221,14 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
             let wdata = f32_const(g, n, wv, "the weight")?;
             let prepared = conv_prepare_weights(&p, &wdata);
             let wc = b.add_const(&format!("{}.w", g.value(wv).name), f32_bytes(&prepared));
-            let bias_op = match bias {
-                Some(bv) => value_operand(b, bv),
-                None => Operand::Null,
-            };
+            let bias_op = bias.map_or(Operand::Null, |bv| value_operand(b, bv));
             let xo = value_operand(b, x);
-            let idx = kernel(
+            epi_kernel(
                 b,
+                cx,
                 n,
                 "pare_k_conv",
-                p.encode(),
+                EpiKind::Conv(p),
                 vec![
                     xo,
                     Operand::Const(wc),
@@ -212,14 +237,7 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
                     Operand::Value(y),
                     Operand::Scratch,
                 ],
-                p.scratch_bytes() as u64,
-            );
-            cx.epi.insert(
                 y,
-                Epi {
-                    item: idx,
-                    kind: EpiKind::Conv(p),
-                },
             );
             Ok(())
         }
@@ -289,16 +307,14 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
             let wdata = f32_const(g, n, wv, "the weight")?;
             let prepared = conv_transpose_prepare_weights(&p, &wdata);
             let wc = b.add_const(&format!("{}.w", g.value(wv).name), f32_bytes(&prepared));
-            let bias_op = match bias {
-                Some(bv) => value_operand(b, bv),
-                None => Operand::Null,
-            };
+            let bias_op = bias.map_or(Operand::Null, |bv| value_operand(b, bv));
             let xo = value_operand(b, x);
-            let idx = kernel(
+            epi_kernel(
                 b,
+                cx,
                 n,
                 "pare_k_conv_transpose",
-                p.encode(),
+                EpiKind::ConvT(p),
                 vec![
                     xo,
                     Operand::Const(wc),
@@ -306,14 +322,7 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
                     Operand::Value(y),
                     Operand::Scratch,
                 ],
-                p.scratch_bytes() as u64,
-            );
-            cx.epi.insert(
                 y,
-                Epi {
-                    item: idx,
-                    kind: EpiKind::ConvT(p),
-                },
             );
             Ok(())
         }
@@ -391,20 +400,14 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
                 b_op = value_operand(b, bv);
             }
             let ao = value_operand(b, av);
-            let idx = kernel(
+            epi_kernel(
                 b,
+                cx,
                 n,
                 "pare_k_matmul",
-                p.encode(),
+                EpiKind::MatMul(p),
                 vec![ao, b_op, Operand::Null, Operand::Null, Operand::Value(y)],
-                0,
-            );
-            cx.epi.insert(
                 y,
-                Epi {
-                    item: idx,
-                    kind: EpiKind::MatMul(p),
-                },
             );
             Ok(())
         }
@@ -507,20 +510,14 @@ pub(crate) fn lower(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> Result
                 }
             }
             let ao = value_operand(b, av);
-            let idx = kernel(
+            epi_kernel(
                 b,
+                cx,
                 n,
                 "pare_k_matmul",
-                p.encode(),
+                EpiKind::MatMul(p),
                 vec![ao, b_op, bias_op, res_op, Operand::Value(y)],
-                0,
-            );
-            cx.epi.insert(
                 y,
-                Epi {
-                    item: idx,
-                    kind: EpiKind::MatMul(p),
-                },
             );
             Ok(())
         }
@@ -559,11 +556,12 @@ fn lower_spmm(
         .map_or_else(|| "w".to_string(), |v| g.value(v).name.clone());
     let b_op = Operand::Const(b.add_const(&format!("{wname}.sparse"), bytes));
     let ao = value_operand(b, av);
-    let idx = kernel(
+    epi_kernel(
         b,
+        cx,
         n,
         "pare_k_spmm",
-        p.encode(),
+        EpiKind::Spmm(p),
         vec![
             ao,
             b_op,
@@ -572,14 +570,7 @@ fn lower_spmm(
             Operand::Value(y),
             Operand::Scratch,
         ],
-        p.scratch_bytes() as u64,
-    );
-    cx.epi.insert(
         y,
-        Epi {
-            item: idx,
-            kind: EpiKind::Spmm(p),
-        },
     );
     Ok(())
 }
@@ -630,11 +621,12 @@ pub(crate) fn lower_qmatmul(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -
     }
     let b_op = Operand::Const(b.add_const(&format!("{}.packed", g.value(wv).name), bytes));
     let xo = value_operand(b, x);
-    let idx = kernel(
+    epi_kernel(
         b,
+        cx,
         n,
         "pare_k_qmatmul",
-        p.encode(),
+        EpiKind::QMatMul(p),
         vec![
             xo,
             b_op,
@@ -643,14 +635,7 @@ pub(crate) fn lower_qmatmul(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -
             Operand::Value(y),
             Operand::Scratch,
         ],
-        p.scratch_bytes() as u64,
-    );
-    cx.epi.insert(
         y,
-        Epi {
-            item: idx,
-            kind: EpiKind::QMatMul(p),
-        },
     );
     Ok(())
 }
@@ -719,16 +704,14 @@ pub(crate) fn lower_qconv(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> 
         bytes.extend_from_slice(&w.to_le_bytes());
     }
     let b_op = Operand::Const(b.add_const(&format!("{}.packed", g.value(wv).name), bytes));
-    let bias_op = match bias {
-        Some(bv) => value_operand(b, bv),
-        None => Operand::Null,
-    };
+    let bias_op = bias.map_or(Operand::Null, |bv| value_operand(b, bv));
     let xo = value_operand(b, x);
-    let idx = kernel(
+    epi_kernel(
         b,
+        cx,
         n,
         "pare_k_qconv",
-        p.encode(),
+        EpiKind::QConv(p),
         vec![
             xo,
             b_op,
@@ -737,14 +720,7 @@ pub(crate) fn lower_qconv(b: &mut Builder<'_>, cx: &mut Lowering, n: NodeId) -> 
             Operand::Value(y),
             Operand::Scratch,
         ],
-        p.scratch_bytes() as u64,
-    );
-    cx.epi.insert(
         y,
-        Epi {
-            item: idx,
-            kind: EpiKind::QConv(p),
-        },
     );
     Ok(())
 }
