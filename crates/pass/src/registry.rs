@@ -79,6 +79,34 @@ impl PassInfo {
             .push(OptionInfo::new(name, kind, default, help));
         self
     }
+
+    /// The options of a pass's `search=evo` ([`crate::search`]): `generations`, `offspring` and
+    /// `search-samples`, with these defaults.
+    pub fn evo_search_options(
+        self,
+        generations: usize,
+        offspring: usize,
+        samples: usize,
+    ) -> PassInfo {
+        self.option(
+            "generations",
+            "int",
+            &generations.to_string(),
+            "search=evo: generations",
+        )
+        .option(
+            "offspring",
+            "int",
+            &offspring.to_string(),
+            "search=evo: candidates per generation",
+        )
+        .option(
+            "search-samples",
+            "int",
+            &samples.to_string(),
+            "search=evo: calibration samples that score a candidate (0: all)",
+        )
+    }
 }
 
 /// The options a step was given, checked against the pass's documented options.

@@ -32,17 +32,9 @@ fn median_ms(samples: usize, mut run: impl FnMut()) -> f64 {
     ms[ms.len() / 2]
 }
 
-fn fill(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            lo + (hi - lo) * (s % 10_007) as f32 / 10_006.0
-        })
-        .collect()
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::fill_range as fill;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();

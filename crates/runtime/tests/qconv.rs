@@ -6,17 +6,8 @@ use pare_runtime::ops::conv::ConvParams;
 use pare_runtime::ops::qconv::{pare_k_qconv, qconv, qconv_prepare_weights, QConvParams};
 use pare_runtime::Activation;
 
-fn fill(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            lo + (hi - lo) * (s % 10_007) as f32 / 10_006.0
-        })
-        .collect()
-}
+mod common;
+use common::fill_range as fill;
 
 fn codes(n: usize, seed: u32, max: i32) -> Vec<i8> {
     fill(n, seed, -1.0, 1.0)

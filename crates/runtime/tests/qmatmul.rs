@@ -7,17 +7,8 @@ use pare_runtime::ops::qmatmul::{
 };
 use pare_runtime::Activation;
 
-fn fill(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            lo + (hi - lo) * (s % 10_007) as f32 / 10_006.0
-        })
-        .collect()
-}
+mod common;
+use common::fill_range as fill;
 
 #[allow(clippy::too_many_arguments)]
 fn reference(

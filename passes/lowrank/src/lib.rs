@@ -206,24 +206,7 @@ pub fn register(reg: &mut Registry) {
             "evo: keep the parameters the rank rule keeps, and search how to spread them over \
              the layers (EvoPress-style, scored end to end on --calib samples)",
         )
-        .option(
-            "generations",
-            "int",
-            &d.generations.to_string(),
-            "search=evo: generations",
-        )
-        .option(
-            "offspring",
-            "int",
-            &d.offspring.to_string(),
-            "search=evo: candidates per generation",
-        )
-        .option(
-            "search-samples",
-            "int",
-            &d.search_samples.to_string(),
-            "search=evo: calibration samples that score a candidate (0: all)",
-        ),
+        .evo_search_options(d.generations, d.offspring, d.search_samples),
         |o| {
             let opts = o.parse::<LowRankOptions>()?;
             opts.check()?;

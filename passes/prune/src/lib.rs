@@ -328,24 +328,7 @@ pub fn register(reg: &mut Registry) {
                      one; latency is measured by compiling and timing the model once per group \
                      (pare opt only; threads: --latency-threads)",
                 )
-                .option(
-                    "generations",
-                    "int",
-                    &d.generations.to_string(),
-                    "search=evo: generations",
-                )
-                .option(
-                    "offspring",
-                    "int",
-                    &d.offspring.to_string(),
-                    "search=evo: candidates per generation",
-                )
-                .option(
-                    "search-samples",
-                    "int",
-                    &d.search_samples.to_string(),
-                    "search=evo: calibration samples that score a candidate (0: all)",
-                ),
+                .evo_search_options(d.generations, d.offspring, d.search_samples),
             move |o| {
                 let opts = o.parse::<PruneOptions>()?;
                 opts.check(kind.name())?;

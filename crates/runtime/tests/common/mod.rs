@@ -19,6 +19,20 @@ pub fn fill(len: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// `n` deterministic values in `[lo, hi]` (xorshift32 from `seed`): the int8 kernels' tests
+/// and `qconv_bench`.
+pub fn fill_range(n: usize, seed: u32, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            lo + (hi - lo) * (s % 10_007) as f32 / 10_006.0
+        })
+        .collect()
+}
+
 pub struct Rng(pub u64);
 
 impl Rng {
