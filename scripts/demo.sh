@@ -94,7 +94,7 @@ for o, x, y in zip(outs, a, b):
         e = np.linalg.norm((x - y).ravel()) / np.linalg.norm(x.ravel())
         print(f"  {o.name}: relative L2 error {e:.3g}")
 PY
-echo "== pare compile the int8 model (quantized MatMul/Gemm run on the int8 kernel, pare_k_qmatmul; convolutions stay f32)"
+echo "== pare compile the int8 model (quantized MatMul/Gemm run on the int8 kernel pare_k_qmatmul, quantized convolutions on pare_k_qconv)"
 "$pare" compile "$out/$name.int8.onnx" --shape "$shape" --emit exe -o "$out/$name.int8.exe" | grep -E "^compiled|plan:|kernels:"
 echo "  f32 build:  $("$out/$name.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1 | grep median_ms)"
 echo "  int8 build: $("$out/$name.int8.exe" --inputs "tests/models/$name/test_data_set_0" --bench 50 --threads 1 | grep median_ms)"
