@@ -147,24 +147,32 @@ impl QAttrs {
 #[derive(Debug)]
 pub struct QMatMulDef;
 
-/// The QMatMul op with its attributes.
-pub fn op(a: QAttrs) -> Op {
+/// One of the backend's internal ops (domain [`DOMAIN`]).
+fn internal_op(op_type: &str, attrs: Attrs, def: Arc<dyn CustomOpDef>) -> Op {
     Op::Custom(CustomOp {
         domain: DOMAIN.into(),
-        op_type: OP_TYPE.into(),
-        attrs: a.to_attrs(),
-        def: Some(Arc::new(QMatMulDef)),
+        op_type: op_type.into(),
+        attrs,
+        def: Some(def),
     })
+}
+
+/// The attributes of `op` when it is the internal op `op_type`.
+fn internal_attrs<'a>(op: &'a Op, op_type: &str) -> Option<&'a Attrs> {
+    match op {
+        Op::Custom(c) if c.domain == DOMAIN && c.op_type == op_type => Some(&c.attrs),
+        _ => None,
+    }
+}
+
+/// The QMatMul op with its attributes.
+pub fn op(a: QAttrs) -> Op {
+    internal_op(OP_TYPE, a.to_attrs(), Arc::new(QMatMulDef))
 }
 
 /// The attributes when `op` is a QMatMul.
 pub fn as_qmatmul(op: &Op) -> Option<Result<QAttrs, String>> {
-    match op {
-        Op::Custom(c) if c.domain == DOMAIN && c.op_type == OP_TYPE => {
-            Some(QAttrs::from_attrs(&c.attrs))
-        }
-        _ => None,
-    }
+    internal_attrs(op, OP_TYPE).map(QAttrs::from_attrs)
 }
 
 impl CustomOpDef for QMatMulDef {
@@ -668,22 +676,12 @@ pub struct QConvDef;
 
 /// The QConv op with its attributes.
 pub fn qconv_op(a: &QConvAttrs) -> Op {
-    Op::Custom(CustomOp {
-        domain: DOMAIN.into(),
-        op_type: QCONV_OP_TYPE.into(),
-        attrs: a.to_attrs(),
-        def: Some(Arc::new(QConvDef)),
-    })
+    internal_op(QCONV_OP_TYPE, a.to_attrs(), Arc::new(QConvDef))
 }
 
 /// The attributes when `op` is a QConv.
 pub fn as_qconv(op: &Op) -> Option<Result<QConvAttrs, String>> {
-    match op {
-        Op::Custom(c) if c.domain == DOMAIN && c.op_type == QCONV_OP_TYPE => {
-            Some(QConvAttrs::from_attrs(&c.attrs))
-        }
-        _ => None,
-    }
+    internal_attrs(op, QCONV_OP_TYPE).map(QConvAttrs::from_attrs)
 }
 
 impl CustomOpDef for QConvDef {
