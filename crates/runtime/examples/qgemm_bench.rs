@@ -80,6 +80,7 @@ fn main() {
     );
     let shapes: &[(usize, usize, usize, &str)] = &[
         (32, 384, 384, "minilm qkv/out"),
+        (32, 1152, 384, "minilm qkv merged"),
         (32, 1536, 384, "minilm ffn up"),
         (32, 384, 1536, "minilm ffn down"),
         (128, 384, 384, "bert-ish m=128"),

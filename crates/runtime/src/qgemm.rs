@@ -970,6 +970,9 @@ fn pack_a(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
     let wps = job.a_layout.wps();
     let kw = job.format.k_per_word();
     let row_words = mr * wps;
+    if job.a_layout == ALayout::U8Quads {
+        return pack_a_quads(job, dst, i0, mc);
+    }
     let mut pad = [0u8; 4];
     for q in 0..mc.div_ceil(mr) {
         let panel = &mut dst[q * steps * row_words..(q + 1) * steps * row_words];
@@ -1003,6 +1006,116 @@ fn pack_a(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
                 }
             }
         }
+    }
+}
+
+/// [`pack_a`] for [`ALayout::U8Quads`], the layout of every VNNI and 7-bit AVX2 run: word `s`
+/// of row `i` of a panel is the 4 bytes `a[4s..4s+4]` of that row as they lie in memory, so
+/// whole steps are plain 4-byte moves (one unaligned read per word, the panel written in order)
+/// and only a partial last step and missing rows are padded with zeros.
+fn pack_a_quads(job: &Job<'_>, dst: &mut [u32], i0: usize, mc: usize) {
+    let (k, steps, mr) = (job.k, job.steps, job.mr);
+    let full = k / 4;
+    for q in 0..mc.div_ceil(mr) {
+        let panel = &mut dst[q * steps * mr..(q + 1) * steps * mr];
+        let rows = mr.min(mc - q * mr);
+        let row = |i: usize| {
+            let start = (i0 + q * mr + i) * job.lda;
+            &job.a[start..start + k]
+        };
+        // Whole blocks of 8 steps of a full 8-row panel move as 8x8 word transposes.
+        let mut done = 0;
+        #[cfg(target_arch = "x86_64")]
+        if mr == 8 && rows == 8 && full >= 8 && crate::ops::conv::avx2() {
+            let start = (i0 + q * mr) * job.lda;
+            let blocks = full / 8;
+            if start + 7 * job.lda + 32 * blocks <= job.a.len() {
+                // SAFETY: AVX2 was detected; the bound was just checked and the panel holds
+                // steps*8 >= 64*blocks words.
+                unsafe { pack_quads_8rows_avx2(job.a, start, job.lda, blocks, panel) };
+                done = 8 * blocks;
+            }
+        }
+        for i in 0..rows {
+            let r = row(i);
+            let tail = panel.iter_mut().skip(done * mr + i).step_by(mr);
+            for (w, c) in tail.zip(r[4 * done..].chunks_exact(4)) {
+                *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+            if full < steps {
+                let mut pad = [0u8; 4];
+                pad[..k - 4 * full].copy_from_slice(&r[4 * full..]);
+                panel[full * mr + i] = u32::from_le_bytes(pad);
+            }
+        }
+        for i in rows..mr {
+            for w in panel.iter_mut().skip(i).step_by(mr) {
+                *w = 0;
+            }
+        }
+    }
+}
+
+/// Transposes one 8x8 block of 32-bit elements: element `(r, c)` at `src + r*ss + c*4` (bytes)
+/// goes to `dst + c*ds + r*4`. The elements are moved as bit patterns (unpack, shuffle and
+/// lane permutes of f32 vectors never change bits, NaN payloads included).
+///
+/// # Safety
+/// The CPU supports AVX2; the 8 rows of 32 bytes at `src + r*ss` are readable and the 8 rows
+/// of 32 bytes at `dst + c*ds` writable (no alignment needed).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn transpose8x8_avx2(src: *const u8, ss: usize, dst: *mut u8, ds: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract covers exactly these eight 32-byte loads and stores.
+    unsafe {
+        let ld = |i: usize| _mm256_loadu_ps(src.add(i * ss).cast::<f32>());
+        let (a0, a1, a2, a3) = (ld(0), ld(1), ld(2), ld(3));
+        let (a4, a5, a6, a7) = (ld(4), ld(5), ld(6), ld(7));
+        let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+        let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+        let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+        let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        let st = |j: usize, v: __m256| _mm256_storeu_ps(dst.add(j * ds).cast::<f32>(), v);
+        st(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
+        st(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
+        st(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
+        st(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
+        st(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
+        st(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
+        st(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
+        st(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
+    }
+}
+
+/// The whole 8-step blocks of a full 8-row panel of [`pack_a_quads`]: 8 rows of `k` codes
+/// starting at `a[start..]`, `lda` apart, become `blocks` groups of 8 steps x 8 words.
+///
+/// # Safety
+/// AVX2; `start + 7*lda + 32*blocks <= a.len()` and `panel.len() >= 64*blocks`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn pack_quads_8rows_avx2(
+    a: &[u8],
+    start: usize,
+    lda: usize,
+    blocks: usize,
+    panel: &mut [u32],
+) {
+    let (src, dst) = (a.as_ptr(), panel.as_mut_ptr());
+    for b in 0..blocks {
+        // SAFETY: block b reads bytes start + r*lda + 32b .. +32 (r < 8) and writes words
+        // 64b .. 64b + 64, inside the slices by the caller's contract.
+        unsafe { transpose8x8_avx2(src.add(start + 32 * b), lda, dst.add(64 * b).cast(), 32) };
     }
 }
 

@@ -532,39 +532,20 @@ unsafe fn transpose_avx2(
     rows: usize,
     cols: usize,
 ) {
-    use std::arch::x86_64::*;
     let (r8, c8) = (rows / 8 * 8, cols / 8 * 8);
     let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
     for r in (0..r8).step_by(8) {
         for c in (0..c8).step_by(8) {
             // SAFETY: rows r..r+8 < rows and columns c..c+8 <= cols, inside the bounds the
-            // caller guarantees for `src` and (transposed) for `dst`.
+            // caller guarantees for `src` and (transposed) for `dst`; AVX2 by contract.
             unsafe {
-                let ld = |i: usize| _mm256_loadu_ps(sp.add((r + i) * ss + c));
-                let (a0, a1, a2, a3) = (ld(0), ld(1), ld(2), ld(3));
-                let (a4, a5, a6, a7) = (ld(4), ld(5), ld(6), ld(7));
-                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
-                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
-                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
-                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
-                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-                let st = |j: usize, v: __m256| _mm256_storeu_ps(dp.add((c + j) * ds + r), v);
-                st(0, _mm256_permute2f128_ps::<0x20>(u0, u4));
-                st(1, _mm256_permute2f128_ps::<0x20>(u1, u5));
-                st(2, _mm256_permute2f128_ps::<0x20>(u2, u6));
-                st(3, _mm256_permute2f128_ps::<0x20>(u3, u7));
-                st(4, _mm256_permute2f128_ps::<0x31>(u0, u4));
-                st(5, _mm256_permute2f128_ps::<0x31>(u1, u5));
-                st(6, _mm256_permute2f128_ps::<0x31>(u2, u6));
-                st(7, _mm256_permute2f128_ps::<0x31>(u3, u7));
-            }
+                crate::qgemm::transpose8x8_avx2(
+                    sp.add(r * ss + c).cast(),
+                    4 * ss,
+                    dp.add(c * ds + r).cast(),
+                    4 * ds,
+                )
+            };
         }
     }
     transpose_edges(src, ss, dst, ds, 0..r8, c8..cols);
