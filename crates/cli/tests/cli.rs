@@ -480,3 +480,46 @@ fn opt_sweep_latency_budget_compiles_and_times_each_result() {
     let o = run("latency=0");
     assert!(!o.status.success() && text(&o).contains("must be > 0"));
 }
+
+/// `budget=latency` in the allocation searches of `prune-channels` and `lowrank`: `pare opt`
+/// installs the latency probe, each group or layer is priced by timing its cut-out kernels,
+/// and the report gives the prices and the measured latency of the input, the uniform
+/// allocation and the searched one.
+#[test]
+fn opt_latency_budget_prices_groups_by_timing_their_kernels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = model("ocr-cls");
+    let fx = repo_root().join("tests/models/ocr-cls");
+    let out = dir.path().join("p.onnx");
+    let md = dir.path().join("r.md");
+    let s = |p: &PathBuf| p.display().to_string();
+    for step in [
+        "lowrank(ratio=0.5,search=evo,budget=latency,generations=3,offspring=2,search-samples=1)",
+        "prune-channels(ratio=0.2,search=evo,budget=latency,generations=3,offspring=2,\
+         search-samples=1)",
+    ] {
+        let o = pare(&[
+            "opt",
+            &s(&m),
+            "--passes",
+            &format!("canonicalize,{step},canonicalize"),
+            "--calib",
+            &s(&fx.join("test_data_set_0")),
+            "-o",
+            &s(&out),
+            "--report-md",
+            &s(&md),
+        ]);
+        let t = text(&o);
+        assert!(o.status.success(), "{step}: {t}");
+        let r = std::fs::read_to_string(&md).expect("report");
+        assert!(r.contains("latency prices:"), "{step}: {r}");
+        let line = r
+            .lines()
+            .find(|l| l.contains("measured compiled latency: input"))
+            .unwrap_or_else(|| panic!("{step}: no measured latency in {r}"));
+        assert!(line.contains(" ms") && line.contains("searched"), "{line}");
+        assert!(out.is_file());
+        std::fs::remove_file(&out).expect("rm");
+    }
+}

@@ -13,6 +13,10 @@
 //! the relative output error of the pruned model against the dense one on calibration
 //! samples, not a sum of per-layer errors — and the best of parent and offspring survives.
 
+use crate::LatencyProbe;
+use pare_ir::{DType, Graph, NodeId, Op, ValueId};
+use std::collections::HashMap;
+
 /// Search settings.
 #[derive(Clone, Copy, Debug)]
 pub struct Settings {
@@ -219,6 +223,183 @@ fn float_outputs(
         .filter(|t| t.dtype().is_float())
         .map(|t| t.to_f64_vec().unwrap_or_default())
         .collect())
+}
+
+/// `budget=latency`: each group's measured saving per removed unit. For every group, the model
+/// with only that group's uniform removal (`start`; one unit where that is none) is built,
+/// and the matrix kernels whose operand shapes it changed (Conv, ConvTranspose, MatMul, Gemm,
+/// matched by node name) are cut out twice — as they are in `g` (the model with nothing
+/// removed: the input model for pruning, every layer at its largest rank for low-rank
+/// factorization) and as in the candidate — into small graphs of their own
+/// ([`kernel_graph`]). The probe compiles and times all of
+/// them in one call; a group's cost per unit is the time its kernels save divided by the
+/// units removed (0 where the difference is negative: within timing noise). Timing only the
+/// changed kernels keeps the difference well above the noise of timing the whole model,
+/// where one group's share is often about 1 %; elementwise work is not counted.
+pub fn latency_per_unit(
+    g: &Graph,
+    samples: &crate::SampleSet,
+    start: &[usize],
+    caps: &[usize],
+    probe: &dyn LatencyProbe,
+    build: &mut dyn FnMut(&[usize]) -> Result<Graph, crate::PassError>,
+) -> Result<(Vec<f64>, String), String> {
+    let first = samples
+        .samples
+        .first()
+        .ok_or_else(|| "no calibration sample".to_string())?;
+    let interp = pare_interp::Interpreter::new();
+    let shapes_of = |g: &Graph| -> Result<HashMap<ValueId, Vec<usize>>, String> {
+        let mut shapes = HashMap::new();
+        let vals = first.values().map_err(|e| e.to_string())?;
+        interp
+            .run_observed(g, vals, &mut |v, val| {
+                shapes.insert(v, val.shape().to_vec());
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(shapes)
+    };
+    let dense_shapes = shapes_of(g)?;
+    let by_name: HashMap<&str, NodeId> = g
+        .node_ids()
+        .filter(|&n| is_matrix_kernel(&g.node(n).op))
+        .map(|n| (g.node(n).name.as_str(), n))
+        .collect();
+    let mut graphs = Vec::new();
+    let mut removed = Vec::new();
+    for (i, (&s, &cap)) in start.iter().zip(caps).enumerate() {
+        let k = if s > 0 { s } else { cap.min(1) };
+        if k == 0 {
+            continue;
+        }
+        let mut v = vec![0; start.len()];
+        v[i] = k;
+        let cand = build(&v).map_err(|e| e.to_string())?;
+        let cand_shapes = shapes_of(&cand)?;
+        let (mut before, mut after) = (Vec::new(), Vec::new());
+        for n in cand.node_ids() {
+            let node = cand.node(n);
+            let Some(&d) = by_name.get(node.name.as_str()) else {
+                continue;
+            };
+            if node.name.is_empty() || !is_matrix_kernel(&node.op) {
+                continue;
+            }
+            let shape = |g: &Graph, sh: &HashMap<ValueId, Vec<usize>>, v: ValueId| {
+                g.constant(v)
+                    .map(|t| t.shape().to_vec())
+                    .or_else(|| sh.get(&v).cloned())
+            };
+            let dn = g.node(d);
+            let changed = node.inputs().len() != dn.inputs().len()
+                || node.inputs().iter().zip(dn.inputs()).any(|(a, b)| {
+                    a.map(|a| shape(&cand, &cand_shapes, a))
+                        != b.map(|b| shape(g, &dense_shapes, b))
+                });
+            if changed {
+                before.push(d);
+                after.push(n);
+            }
+        }
+        if before.is_empty() {
+            continue;
+        }
+        graphs.push(kernel_graph(g, &before, &dense_shapes)?);
+        graphs.push(kernel_graph(&cand, &after, &cand_shapes)?);
+        removed.push((i, k));
+    }
+    if graphs.is_empty() {
+        return Err("no group's removal changes a Conv, MatMul or Gemm".into());
+    }
+    let refs: Vec<&Graph> = graphs.iter().collect();
+    let ms = probe.latencies(&refs)?;
+    if ms.len() != refs.len() {
+        return Err(format!(
+            "the latency probe returned {} times for {} graphs",
+            ms.len(),
+            refs.len()
+        ));
+    }
+    let mut per_unit = vec![0.0; start.len()];
+    let mut saved: Vec<f64> = Vec::new();
+    for (&(i, k), t) in removed.iter().zip(ms.chunks_exact(2)) {
+        per_unit[i] = ((t[0] - t[1]) / k as f64).max(0.0);
+        saved.push(1.0 - t[1] / t[0]);
+    }
+    if per_unit.iter().all(|&p| p == 0.0) {
+        return Err(
+            "no group's removal made its kernels measurably faster; use budget=flops".into(),
+        );
+    }
+    saved.sort_by(f64::total_cmp);
+    let note = format!(
+        "latency prices: {} group(s) timed on their changed kernels; the uniform removal saves \
+         {:.0} % to {:.0} % (median {:.0} %) of those kernels' time; {} group(s) priced 0 (no \
+         measurable saving)",
+        removed.len(),
+        100.0 * saved[0],
+        100.0 * saved[saved.len() - 1],
+        100.0 * saved[saved.len() / 2],
+        per_unit.iter().filter(|&&p| p == 0.0).count()
+    );
+    Ok((per_unit, note))
+}
+
+fn is_matrix_kernel(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Conv(_) | Op::ConvTranspose(_) | Op::MatMul | Op::Gemm(_)
+    )
+}
+
+/// A graph of just `nodes` of `g`: their constant operands copied, every other operand a
+/// graph input of its observed shape, every result a graph output. Compiled, it times those
+/// kernels alone.
+fn kernel_graph(
+    g: &Graph,
+    nodes: &[NodeId],
+    shapes: &HashMap<ValueId, Vec<usize>>,
+) -> Result<Graph, String> {
+    let mut k = Graph::new(format!("{}_kernels", g.name));
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    for (j, &n) in nodes.iter().enumerate() {
+        let node = g.node(n);
+        let mut ins = Vec::new();
+        for (o, v) in node.inputs().iter().enumerate() {
+            let Some(v) = *v else {
+                ins.push(None);
+                continue;
+            };
+            let nv = if let Some(&nv) = map.get(&v) {
+                nv
+            } else {
+                let name = format!("k{j}_{o}");
+                let nv = if let Some(t) = g.constant(v) {
+                    k.add_const(name, t.clone())
+                } else {
+                    let dims = shapes.get(&v).ok_or_else(|| {
+                        format!("no observed shape for an operand of '{}'", node.name)
+                    })?;
+                    let dt = g.value(v).ty.dtype.unwrap_or(DType::F32);
+                    k.add_input(
+                        name,
+                        pare_ir::TensorType::new(dt, pare_ir::Shape::fixed(dims)),
+                    )
+                };
+                map.insert(v, nv);
+                nv
+            };
+            ins.push(Some(nv));
+        }
+        let outs = (0..node.outputs().len())
+            .map(|o| format!("k{j}_out{o}"))
+            .collect();
+        let m = k.add_node(node.name.clone(), node.op.clone(), ins, outs);
+        for &o in k.node(m).outputs().to_vec().iter() {
+            k.add_output(o);
+        }
+    }
+    Ok(k)
 }
 
 #[cfg(test)]

@@ -42,7 +42,9 @@
 //! each layer factored once at the largest rank that still saves parameters and truncated
 //! per candidate — keeping at most that total, and keeps the candidate with the smallest
 //! end-to-end relative output error on `search-samples` calibration samples. Layers the rule
-//! would not factor stay dense.
+//! would not factor stay dense. With `budget=latency` (through `pare opt`) the total held is
+//! the compiled latency the rule's ranks save, each layer priced per rank by timing its
+//! cut-out kernels ([`pare_pass::search::latency_per_unit`]).
 
 pub mod eora_pass;
 mod factor;
@@ -93,6 +95,22 @@ pub struct LowRankOptions {
     pub offspring: usize,
     /// `search=evo`: calibration samples that score a candidate (0: all).
     pub search_samples: usize,
+    /// `search=evo`: what the search holds fixed.
+    pub budget: Budget,
+}
+
+/// What the rank search holds fixed.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Budget {
+    /// The parameters the rank rule keeps.
+    #[default]
+    Params,
+    /// The compiled latency the rank rule saves, measured: each layer's price per rank is
+    /// the time its two kernels save between its largest saving rank and the rule's rank,
+    /// timed on kernels cut out of the model (needs a compiler in the context: `pare opt`
+    /// provides one).
+    Latency,
 }
 
 /// How the per-layer ranks are chosen.
@@ -120,6 +138,7 @@ impl Default for LowRankOptions {
             generations: 20,
             offspring: 4,
             search_samples: 8,
+            budget: Budget::Params,
         }
     }
 }
@@ -205,6 +224,13 @@ pub fn register(reg: &mut Registry) {
             "none",
             "evo: keep the parameters the rank rule keeps, and search how to spread them over \
              the layers (EvoPress-style, scored end to end on --calib samples)",
+        )
+        .option(
+            "budget",
+            "params|latency",
+            "params",
+            "search=evo: hold the parameters the rank rule keeps, or the compiled latency it \
+             saves (measured per layer on its cut-out kernels; needs `pare opt`)",
         )
         .evo_search_options(d.generations, d.offspring, d.search_samples),
         |o| {
@@ -397,8 +423,42 @@ fn search_ranks(
     let units: Vec<usize> = layers.iter().map(|l| l.f.r).collect();
     // Every layer keeps at least rank 1.
     let caps: Vec<usize> = units.iter().map(|&u| u.saturating_sub(1)).collect();
-    let per_unit: Vec<f64> = layers.iter().map(|l| (l.t.k + l.t.n) as f64).collect();
     let start: Vec<usize> = layers.iter().map(|l| l.f.r - l.r.min(l.f.r)).collect();
+    let build = |removed: &[usize]| -> Graph {
+        let mut cand = g.clone();
+        for (l, &k) in layers.iter().zip(removed) {
+            let f = truncate(&l.f, l.f.r - k, l.t.k, l.t.n);
+            rewrite(&mut cand, &l.t, &f);
+        }
+        cand
+    };
+    let probe = cx.latency_probe().cloned();
+    let per_unit: Vec<f64> = match o.budget {
+        Budget::Params => layers.iter().map(|l| (l.t.k + l.t.n) as f64).collect(),
+        Budget::Latency => {
+            let probe = probe.as_deref().ok_or_else(|| {
+                fail(
+                    "budget=latency measures compiled latency, and nothing here can compile: \
+                     run the pipeline through `pare opt`"
+                        .into(),
+                )
+            })?;
+            // Kernels are compared against every layer at its largest saving rank (what
+            // `removed = 0` means here), not against the dense model.
+            let reference = build(&vec![0; layers.len()]);
+            let (per_unit, note) = search::latency_per_unit(
+                &reference,
+                &samples,
+                &start,
+                &caps,
+                probe,
+                &mut |r: &[usize]| Ok(build(r)),
+            )
+            .map_err(fail)?;
+            report.note(note);
+            per_unit
+        }
+    };
     let budget: f64 = start
         .iter()
         .zip(&per_unit)
@@ -406,15 +466,10 @@ fn search_ranks(
         .sum();
     let pb = cx.progress_bar(o.generations as u64, "rank search");
     let mut fitness = |removed: &[usize]| -> Result<f64, PassError> {
-        let mut cand = g.clone();
-        for (l, &k) in layers.iter().zip(removed) {
-            let f = truncate(&l.f, l.f.r - k, l.t.k, l.t.n);
-            rewrite(&mut cand, &l.t, &f);
-        }
-        scorer.error(&cand).map_err(fail)
+        scorer.error(&build(removed)).map_err(fail)
     };
     let found = search::evolve(
-        start,
+        start.clone(),
         &search::Space {
             units,
             caps,
@@ -440,6 +495,21 @@ fn search_ranks(
         found.fitness
     ));
     report.add_stat("search-evaluations", found.evaluations as u64);
+    if let (Budget::Latency, Some(probe)) = (o.budget, probe.as_deref()) {
+        let graphs = [build(&start), build(&found.removed)];
+        let ms = probe
+            .latencies(&[g, &graphs[0], &graphs[1]])
+            .map_err(|e| fail(format!("timing the result: {e}")))?;
+        report.note(format!(
+            "measured compiled latency: input {:.3} ms, the rule's ranks {:.3} ms ({:.2}×), \
+             searched {:.3} ms ({:.2}×)",
+            ms[0],
+            ms[1],
+            ms[1] / ms[0],
+            ms[2],
+            ms[2] / ms[0]
+        ));
+    }
     Ok(layers
         .iter()
         .zip(&found.removed)
