@@ -2,7 +2,8 @@
 //! GFLOP/s at 1 and 2 threads as medians of several samples, next to the machine's measured
 //! single-core SGEMM peak (98 GFLOP/s).
 //!
-//! `cargo run --release -p pare-runtime --example conv_bench [-- --quick] [-- --best] [-- --only N]`
+//! `cargo run --release -p pare-runtime --example conv_bench [-- --quick] [-- --best] [-- --only N]
+//! [-- --1t]` (`--1t`: 1 thread only; the 2-thread columns then read 0).
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +83,8 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1)?.parse().ok());
+    let one_thread = args.iter().any(|a| a == "--1t");
+    let thread_counts: &[usize] = if one_thread { &[1] } else { &[1, 2] };
     let samples = if quick { 5 } else { 9 };
     let cases = [
         conv_case("stem 3->16 3x3 s2 @224", 3, 224, 16, 3, 2, 1, 1),
@@ -108,6 +111,12 @@ fn main() {
         conv_case("lcnet dw 3x3 16 @112", 16, 112, 16, 3, 1, 1, 16),
         conv_case("lcnet dw 3x3 s2 32 @112", 32, 112, 32, 3, 2, 1, 32),
         conv_case("lcnet dw 5x5 256 @14", 256, 14, 256, 5, 1, 2, 256),
+        // the rest of PP-LCNet's depthwise layers
+        conv_case("lcnet dw 3x3 64 @56", 64, 56, 64, 3, 1, 1, 64),
+        conv_case("lcnet dw 3x3 s2 64 @56", 64, 56, 64, 3, 2, 1, 64),
+        conv_case("lcnet dw 3x3 s2 128 @28", 128, 28, 128, 3, 2, 1, 128),
+        conv_case("lcnet dw 5x5 s2 256 @14", 256, 14, 256, 5, 2, 2, 256),
+        conv_case("lcnet dw 5x5 512 @7", 512, 7, 512, 5, 1, 2, 512),
     ];
     println!(
         "{} of {samples} samples; GFLOP/s counts 2*MACs (bias/act not counted)",
@@ -130,13 +139,13 @@ fn main() {
         let flops = 2.0
             * (p.c_out * p.out_h() * p.out_w() * (p.c_in / p.group) * p.kh * p.kw) as f64
             * p.n as f64;
-        let mut row = Vec::new();
-        for threads in [1usize, 2] {
+        let mut row = [(0.0, 0.0); 2];
+        for &threads in thread_counts {
             let s = time(samples, best, || {
                 conv(p, &x, &w, Some(&b), None, &mut y, &mut scratch, threads).expect("valid")
             });
             let gf = flops / s / 1e9;
-            row.push((gf, 100.0 * gf / (PEAK_PER_CORE * threads as f64)));
+            row[threads - 1] = (gf, 100.0 * gf / (PEAK_PER_CORE * threads as f64));
         }
         println!(
             "{:>2} {:<28} {:>8.1} {:>9.1} {:>6.1}% {:>9.1} {:>6.1}%  ({:?})",

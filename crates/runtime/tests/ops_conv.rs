@@ -468,6 +468,123 @@ fn conv_in_place_residual() {
     }
 }
 
+/// The depthwise kernels' paths: 3x3 and 5x5 with vertical stride 1 or 2 and dilation 1
+/// (any horizontal stride or dilation; the specialized kernel), everything else (dilated rows,
+/// other sizes, 1-D; the general kernel), every register blocking (8 or 7 rows by 8 columns, 4
+/// rows by 16) with row and column tails, widths below, at and above multiples of 8, asymmetric
+/// pads, channel multipliers, batch 2, separate residuals and every activation.
+#[test]
+fn conv_depthwise_paths() {
+    let sizes = [
+        (1, 9),
+        (4, 16),
+        (12, 16),
+        (7, 7),
+        (14, 14),
+        (9, 13),
+        (28, 28),
+        (3, 29),
+        (17, 5),
+        (8, 24),
+        (16, 20),
+    ];
+    let mut i = 0u64;
+    for k in [3, 5] {
+        for (sh, sw) in [(1, 1), (2, 2), (1, 2), (2, 1), (1, 3)] {
+            for (j, &(h, w)) in sizes.iter().enumerate() {
+                let (c, m, n) = (1 + j % 3, 1 + j % 2, 1 + (j / 3) % 2);
+                let p = k / 2;
+                let pads = if j % 4 == 3 {
+                    (0, p + 1, p, 0)
+                } else {
+                    (p, p, p, p)
+                };
+                let cs = case(n, c, (h, w), c * m, (k, k))
+                    .g(c)
+                    .s(sh, sw)
+                    .pad(pads.0, pads.1, pads.2, pads.3)
+                    .epi(j % 2 == 0, j % 3 != 1, ACTS[(i as usize) % ACTS.len()]);
+                if cs.p.validate().is_err() {
+                    continue;
+                }
+                assert_eq!(cs.p.algorithm(), ConvAlgo::Depthwise);
+                check(&cs, 5000 + i);
+                i += 1;
+            }
+        }
+    }
+    // Dilations (columns: specialized kernel; rows: general), other kernel sizes, 1-D.
+    let others = [
+        case(1, 3, (13, 17), 3, (3, 3)).d(1, 2).pad(1, 2, 1, 2),
+        case(1, 3, (13, 17), 6, (5, 5))
+            .d(1, 3)
+            .s(2, 1)
+            .pad(2, 6, 2, 6),
+        case(2, 2, (13, 17), 2, (3, 3)).d(2, 1).pad(2, 1, 2, 1),
+        case(1, 4, (11, 30), 4, (3, 3))
+            .d(2, 2)
+            .s(2, 2)
+            .pad(2, 2, 2, 2),
+        case(1, 3, (10, 19), 3, (3, 5)).pad(1, 2, 1, 2),
+        case(1, 3, (10, 19), 3, (7, 7)).pad(3, 3, 3, 3),
+        case(1, 2, (6, 6), 2, (1, 1)),
+        case(1, 3, (9, 9), 3, (3, 3)).s(3, 3).pad(1, 1, 1, 1),
+        case(2, 2, (23, 112), 2, (3, 3)).pad(1, 1, 1, 1),
+        case(1, 2, (56, 56), 4, (5, 5)).s(2, 2).pad(2, 2, 2, 2),
+    ];
+    for (j, c) in others.into_iter().enumerate() {
+        let gc = c.p.c_in;
+        let c = c.g(gc).epi(true, j % 2 == 0, ACTS[j % ACTS.len()]);
+        check(&c, 6000 + j as u64);
+    }
+    for (j, l) in [1, 5, 8, 9, 40].into_iter().enumerate() {
+        let c = Case::one_d(2, 3, l + 2, 6, 3).g(3).pad(0, 1, 0, 1).epi(
+            true,
+            true,
+            ACTS[j % ACTS.len()],
+        );
+        check(&c, 6100 + j as u64);
+    }
+}
+
+/// Depthwise with the residual in place (`y` holds it) on every depthwise kernel path and row /
+/// column tail, 1 and 3 threads.
+#[test]
+fn conv_depthwise_in_place_residual() {
+    for (j, c) in [
+        case(1, 4, (7, 7), 4, (3, 3)).pad(1, 1, 1, 1),
+        case(2, 3, (14, 14), 3, (5, 5)).pad(2, 2, 2, 2),
+        case(1, 3, (13, 27), 6, (3, 3)).s(2, 2).pad(1, 1, 1, 1),
+        case(1, 3, (4, 20), 3, (3, 3)).pad(1, 1, 1, 1),
+        case(1, 3, (30, 30), 3, (5, 5)).s(2, 2).pad(2, 2, 2, 2),
+        case(1, 3, (12, 12), 3, (3, 3)).d(2, 2).pad(2, 2, 2, 2),
+        case(2, 8, (28, 28), 8, (3, 3)).pad(1, 1, 1, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let gc = c.p.c_in;
+        let c = c.g(gc).epi(true, true, ACTS[j % ACTS.len()]);
+        let p = c.p;
+        let (x, w, b, r) = inputs(&p, 50 + j as u64);
+        let want = c.reference(&x, &w, &b, &r);
+        let wp = conv_prepare_weights(&p, &w);
+        for threads in [1, 3] {
+            let y = r.clone().unwrap();
+            let bufs = [
+                ptr(&x),
+                ptr(&wp),
+                opt_ptr(&b),
+                ptr(&y),
+                ptr(&y),
+                std::ptr::null_mut(),
+            ];
+            assert_eq!(call(pare_k_conv, &p.encode(), &bufs, threads), STATUS_OK);
+            assert_close(&y, &want, &format!("in place {c:?}, {threads} threads"));
+        }
+    }
+}
+
 #[test]
 fn conv_algorithm_choice() {
     assert_eq!(

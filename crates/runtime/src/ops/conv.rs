@@ -10,8 +10,17 @@
 //! * **Depthwise** (`group == C_in`, any channel multiplier `C_out / C_in`): a direct kernel per
 //!   output plane. The input plane is copied once into a zero-padded buffer whose rows are
 //!   de-interleaved by column phase (`x mod stride_w`), so every tap of every stride reads a
-//!   contiguous run; each output row is computed 16 (or 8) columns at a time with all taps
-//!   accumulated in registers (AVX2/FMA when the CPU has it). Threads split the planes.
+//!   contiguous run (AVX2 copy for column strides 1 and 2). With AVX2/FMA the output is computed
+//!   in register blocks of 8 or 7 rows by 8 columns, or 4 rows by 16 (whichever wastes fewest
+//!   lanes on the rounded-up plane; 7 and 14 fit 7-row blocks), all taps accumulated in
+//!   registers, the residual and the common activations (ReLU, clip, hard-swish) applied in
+//!   the store, other activations in a pass over the rows just stored. 3x3 and 5x5 kernels
+//!   with vertical stride 1 or 2 (and vertical dilation 1) have a specialized kernel that walks
+//!   each block kernel column by column, loading every input row once per column and feeding
+//!   each output row of the block it belongs to (up to `kh` FMAs per load, the column's
+//!   weights in registers); other shapes (dilated rows, other sizes, 1-D) load once per tap
+//!   and FMA. Without AVX2, each output row is computed 16 (or 8) columns at a time. Threads
+//!   split the planes.
 //! * **Im2col** (everything else): for each image, the output columns (`OH*OW` positions) are
 //!   processed in chunks. A chunk's im2col matrix is written **directly in the packed-B layout**
 //!   of the GEMM ([`crate::PackedB`]: 16-column panels, k-major) into the scratch buffer, so the
@@ -604,7 +613,7 @@ impl PaddedPlane {
     }
 }
 
-/// Up to 8 consecutive output columns of one output row of a plane kernel (depthwise, pool):
+/// Up to 8 consecutive output columns of one output row of a plane kernel (pool):
 /// input block at `pad[src + tap offset ..][..8]`, output at `y[dst..dst + len]`.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Seg {
@@ -648,13 +657,15 @@ pub(crate) enum SegRes<'a> {
     InPlace,
 }
 
-/// AVX2 + FMA plane kernels: 8 segments (64 outputs) at a time, one accumulator each, every
-/// tap an unaligned load and an FMA / max / add.
+/// AVX2 + FMA plane kernels. Pooling: 8 segments (64 outputs) at a time, one accumulator each,
+/// every tap an unaligned load and a max / add. Depthwise: register blocks of output rows by
+/// 8-column vectors ([`simd::dw_grid`], [`simd::dw_plane`]), plus the padded copy
+/// ([`simd::copy_in`]).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
-    use super::{Seg, SegRes, MASKS};
+    use super::{PaddedPlane, Seg, SegRes, MASKS};
     use crate::Activation;
 
     /// Checks every access the kernels make: loads of 8 floats at `seg.src + off` (`off <=
@@ -750,39 +761,462 @@ pub(crate) mod simd {
         }
     }
 
-    /// Depthwise plane: `y[seg] = act(bias + sum_t w_t * pad[seg.src + off_t ..] + residual)`.
+    /// Depthwise plane, register-blocked: `R` output rows by `C` vectors of 8 columns at a
+    /// time, `y[oy, ox] = act(bias + sum_t w_t * pad[oy*row_step + off_t + ox] + residual)`.
+    /// Every tap is a broadcast weight and `R*C` unaligned loads + FMAs (any taps: dilations,
+    /// other kernel sizes and strides; [`dw_grid`] is the faster special case). Rows and columns
+    /// are computed in whole blocks (`oh` rounded up to `R`, `ow` to `8*C`), so `pad` must hold
+    /// every load of the rounded extent (asserted); only the `oh x ow` outputs are stored
+    /// ([`store_block`]: residual added, activation applied if [`fused_act`]; other activations
+    /// run over the stored rows, contiguous in `y` and still in L1, every 2048 floats or so).
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) unsafe fn dw_plane(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn dw_plane<const R: usize, const C: usize>(
         pad: &[f32],
-        segs: &[Seg],
-        taps: &[(usize, f32)],
+        row_step: usize,
+        oh: usize,
+        ow: usize,
+        offs: &[usize],
+        wts: &[f32],
         bias: f32,
         res: SegRes<'_>,
         activation: Activation,
         y: &mut [f32],
     ) {
-        let max_off = taps.iter().map(|t| t.0).max().unwrap_or(0);
-        check(pad, segs, max_off, y.len(), res);
+        assert!(offs.len() == wts.len());
+        if oh == 0 || ow == 0 || offs.is_empty() {
+            return;
+        }
+        let max_off = offs.iter().copied().max().unwrap_or(0);
+        let yp = y.as_mut_ptr();
+        let (rp, m) = dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len());
         let p = pad.as_ptr();
-        for g in segs.chunks_exact(8) {
-            // SAFETY: `check` bounds every load (src + off + 8 <= pad.len()) and store;
-            // AVX2/FMA by contract.
-            unsafe {
-                let mut acc = [_mm256_set1_ps(bias); 8];
-                for &(off, wv) in taps {
-                    let w = _mm256_set1_ps(wv);
-                    for v in 0..8 {
-                        let x = _mm256_loadu_ps(p.add(g[v].src + off));
-                        acc[v] = _mm256_fmadd_ps(w, x, acc[v]);
+        // SAFETY: AVX2 by contract; MASKS[m..m + 8] is in bounds (m = 16 - ow % 8).
+        let tail = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(m) as *const __m256i) };
+        let mut acted = 0;
+        let post = if fused_act(activation) {
+            Activation::Identity
+        } else {
+            activation
+        };
+        for oy0 in (0..oh).step_by(R) {
+            let rows = R.min(oh - oy0);
+            for x0 in (0..ow).step_by(8 * C) {
+                let base = oy0 * row_step + x0;
+                // SAFETY: AVX2/FMA by contract. Every load from `pad` is of 8 floats at `base +
+                // off + r*row_step + 8*c` with `oy0 + r < oh` rounded up to R, `x0 + 8*c + 8 <=
+                // ow` rounded up to 8*C and `off <= max_off`, so it ends by `need <= pad.len()`.
+                // Stores (and residual loads, `rp` being as long as `y` or `y` itself) follow
+                // `store_block`'s contract, which `dw_check` checked.
+                unsafe {
+                    let mut acc = [[_mm256_set1_ps(bias); C]; R];
+                    for (&off, &wv) in offs.iter().zip(wts) {
+                        let w = _mm256_set1_ps(wv);
+                        let q = p.add(base + off);
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            let qr = q.add(r * row_step);
+                            for (c, a) in a.iter_mut().enumerate() {
+                                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(qr.add(8 * c)), *a);
+                            }
+                        }
                     }
-                }
-                for v in 0..8 {
-                    finish(acc[v], g[v], res, activation, y);
+                    store_block(&acc, rows, oy0, x0, ow, rp, yp, y.len(), tail, activation);
                 }
             }
+            // SAFETY: AVX2 by contract; `(oy0 + rows) * ow <= oh * ow <= y.len()` (checked by
+            // `dw_check`).
+            unsafe { act_rows(yp, &mut acted, (oy0 + rows) * ow, oh * ow, post) };
+        }
+    }
+
+    /// Applies the activation to outputs `*from..end` at `yp` once at least 2048 of them are
+    /// pending or `end == total` (the last block), then sets `*from = end`.
+    ///
+    /// # Safety
+    /// AVX2; `end` floats at `yp`, no reference to them live.
+    #[inline(always)]
+    unsafe fn act_rows(
+        yp: *mut f32,
+        from: &mut usize,
+        end: usize,
+        total: usize,
+        activation: Activation,
+    ) {
+        if end - *from >= 2048 || end == total {
+            // SAFETY: by contract.
+            unsafe {
+                act_slice(
+                    std::slice::from_raw_parts_mut(yp.add(*from), end - *from),
+                    activation,
+                )
+            };
+            *from = end;
+        }
+    }
+
+    /// Whether [`store_block`] applies `activation` itself (the common CNN ones, a few vector
+    /// operations behind a predictable branch); the others run over the stored rows after.
+    pub(super) fn fused_act(activation: Activation) -> bool {
+        matches!(
+            activation,
+            Activation::Identity
+                | Activation::Relu
+                | Activation::Clamp { .. }
+                | Activation::HardSwish
+        )
+    }
+
+    /// `activation` of `a` if [`fused_act`], else `a`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA.
+    #[inline(always)]
+    unsafe fn fused(a: __m256, activation: Activation) -> __m256 {
+        // SAFETY: AVX2/FMA by contract.
+        unsafe {
+            match activation {
+                Activation::Relu => act(a, Activation::Relu),
+                Activation::Clamp { min, max } => act(a, Activation::Clamp { min, max }),
+                Activation::HardSwish => act(a, Activation::HardSwish),
+                _ => a,
+            }
+        }
+    }
+
+    /// Stores rows `0..rows` of a block of accumulators at output `(oy0, x0)` of an `ow`-wide
+    /// plane: the residual (`rp`, null for none) added, the activation applied if
+    /// [`fused_act`] (else the caller applies it afterwards), full vectors while `ox + 8 <= ow`,
+    /// `tail`-masked (the `ow % 8` lanes left) for the last, none past `ow`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `(oy0 + rows) * ow <= y_len` floats at `yp` (and at `rp` unless null),
+    /// `y_len` floats at `yp` that no other thread accesses; `tail` has `ow % 8` leading ones.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_block<const R: usize, const C: usize>(
+        acc: &[[__m256; C]; R],
+        rows: usize,
+        oy0: usize,
+        x0: usize,
+        ow: usize,
+        rp: *const f32,
+        yp: *mut f32,
+        y_len: usize,
+        tail: __m256i,
+        activation: Activation,
+    ) {
+        // SAFETY: every access is at `oy*ow + ox` with `oy < oy0 + rows` and `ox < ow`, full
+        // vectors only while `ox + 8 <= ow` or, for `y`, `o + 8 <= y_len`; by contract.
+        unsafe {
+            for (r, a) in acc.iter().enumerate().take(rows) {
+                for (c, &a) in a.iter().enumerate() {
+                    let ox = x0 + 8 * c;
+                    if ox >= ow {
+                        break;
+                    }
+                    let o = (oy0 + r) * ow + ox;
+                    if ox + 8 <= ow {
+                        let a = if rp.is_null() {
+                            a
+                        } else {
+                            _mm256_add_ps(a, _mm256_loadu_ps(rp.add(o)))
+                        };
+                        _mm256_storeu_ps(yp.add(o), fused(a, activation));
+                    } else {
+                        let a = if rp.is_null() {
+                            a
+                        } else {
+                            _mm256_add_ps(a, _mm256_maskload_ps(rp.add(o), tail))
+                        };
+                        let a = fused(a, activation);
+                        if o + 8 <= y_len {
+                            // Blend into the 8 floats there and store them all (cheaper than
+                            // a masked store on some CPUs): the lanes past the row keep their
+                            // value, and are this plane's (this thread's) own.
+                            let old = _mm256_loadu_ps(yp.add(o));
+                            let a = _mm256_blendv_ps(old, a, _mm256_castsi256_ps(tail));
+                            _mm256_storeu_ps(yp.add(o), a);
+                        } else {
+                            _mm256_maskstore_ps(yp.add(o), tail, a);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks the bounds of a blocked depthwise plane (see [`dw_plane`]) with taps at offsets up
+    /// to `max_off`, writing `y_len` floats at `yp`, and returns the residual pointer (null for
+    /// none; `yp` itself in place) and the offset of the tail mask in `MASKS`.
+    #[allow(clippy::too_many_arguments)]
+    fn dw_check<const R: usize, const C: usize>(
+        pad: &[f32],
+        row_step: usize,
+        oh: usize,
+        ow: usize,
+        max_off: usize,
+        res: SegRes<'_>,
+        yp: *mut f32,
+        y_len: usize,
+    ) -> (*const f32, usize) {
+        let need = (oh.div_ceil(R) * R - 1) * row_step + max_off + ow.div_ceil(8 * C) * 8 * C;
+        assert!(need <= pad.len() && oh * ow <= y_len);
+        let rp = match res {
+            SegRes::Separate(r) => {
+                assert!(r.len() >= oh * ow);
+                r.as_ptr()
+            }
+            SegRes::InPlace => yp as *const f32,
+            SegRes::None => std::ptr::null(),
+        };
+        (rp, 16 - ow % 8)
+    }
+
+    /// Runs `$body` with `$i` = 0, 1, .., `$n - 1` (`$n <= 20`, a constant), fully unrolled.
+    macro_rules! unroll_20 {
+        ($n:expr, |$i:ident| $body:block) => {
+            unroll_20!(@ $n, $i, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19)
+        };
+        (@ $n:expr, $i:ident, $body:block, $($k:literal)*) => {
+            $(
+                if $k < $n {
+                    let $i: usize = $k;
+                    $body
+                }
+            )*
+        };
+    }
+
+    /// Depthwise plane for a dense `KH x KW` kernel (vertical dilation 1) with vertical stride
+    /// `SH`: the same blocks and results as [`dw_plane`], but each block walks the kernel
+    /// column by column: the column's `KH` weights are broadcast once, then every input row
+    /// the block's `R` output rows see is loaded once per vector and feeds each output row it
+    /// is a kernel row of (up to `KH` FMAs per load). Tap `ky*KW + kx` (weight `wts[ky*KW + kx]`)
+    /// is read at offset `ky*row_stride + cols[kx]` (only the first `KW` entries of `cols` are
+    /// read, so the row-major tap offsets of a kernel with vertical dilation 1 serve).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn dw_grid<
+        const KH: usize,
+        const KW: usize,
+        const SH: usize,
+        const R: usize,
+        const C: usize,
+    >(
+        pad: &[f32],
+        row_stride: usize,
+        oh: usize,
+        ow: usize,
+        cols: &[usize],
+        wts: &[f32],
+        bias: f32,
+        res: SegRes<'_>,
+        activation: Activation,
+        y: &mut [f32],
+    ) {
+        const { assert!((R - 1) * SH + KH <= 20 && SH <= KH) };
+        assert!(wts.len() == KH * KW);
+        if oh == 0 || ow == 0 {
+            return;
+        }
+        let co: [usize; KW] = std::array::from_fn(|kx| cols[kx]);
+        let max_off = (KH - 1) * row_stride + co.iter().copied().max().unwrap_or(0);
+        let row_step = SH * row_stride;
+        let yp = y.as_mut_ptr();
+        let (rp, m) = dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len());
+        let p = pad.as_ptr();
+        // SAFETY: AVX2 by contract; MASKS[m..m + 8] is in bounds (m = 16 - ow % 8).
+        let tail = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(m) as *const __m256i) };
+        let mut acted = 0;
+        let post = if fused_act(activation) {
+            Activation::Identity
+        } else {
+            activation
+        };
+        for oy0 in (0..oh).step_by(R) {
+            let rows = R.min(oh - oy0);
+            for x0 in (0..ow).step_by(8 * C) {
+                // SAFETY: AVX2/FMA by contract. Input row `i` of the block, kernel column `kx`,
+                // vector `c` is at `oy0*row_step + x0 + i*row_stride + co[kx] + 8c`, i.e. tap
+                // offset `ky*row_stride + co[kx] <= max_off` of output row `r` (`i = r*SH +
+                // ky`; every `i` has such an `r` and `ky` as `SH <= KH`), which `dw_check`
+                // bounds for the rounded-up extent. Stores follow `store_block`'s contract,
+                // which `dw_check` checked.
+                unsafe {
+                    let q = p.add(oy0 * row_step + x0);
+                    let mut acc = [[_mm256_set1_ps(bias); C]; R];
+                    for kx in 0..KW {
+                        let wv: [__m256; KH] =
+                            std::array::from_fn(|ky| _mm256_set1_ps(wts[ky * KW + kx]));
+                        let qk = q.add(co[kx]);
+                        // Input rows 0..(R - 1)*SH + KH (at most 7*2 + 5 = 19), unrolled so
+                        // that the row-to-(output row, kernel row) pairing is static.
+                        unroll_20!((R - 1) * SH + KH, |i| {
+                            let qi = qk.add(i * row_stride);
+                            for c in 0..C {
+                                let x = _mm256_loadu_ps(qi.add(8 * c));
+                                for (r, a) in acc.iter_mut().enumerate() {
+                                    if i >= r * SH && i - r * SH < KH {
+                                        a[c] = _mm256_fmadd_ps(wv[i - r * SH], x, a[c]);
+                                    }
+                                }
+                            }
+                        });
+                    }
+                    store_block(&acc, rows, oy0, x0, ow, rp, yp, y.len(), tail, activation);
+                }
+            }
+            // SAFETY: AVX2 by contract; `(oy0 + rows) * ow <= oh * ow <= y.len()` (checked by
+            // `dw_check`).
+            unsafe { act_rows(yp, &mut acted, (oy0 + rows) * ow, oh * ow, post) };
+        }
+    }
+
+    /// [`PaddedPlane::copy_in`] for column stride 1, or 2 with `w >= 32`, when the input's
+    /// columns lie inside the padded extent (`pad_left + w <= cols`: unless the windows never
+    /// read the last input columns): rows copied 8 floats at a time, stride-2 rows split into
+    /// their even and odd columns 16 at a time with shuffles (the stride-1 tail through a masked
+    /// load). Returns false (having written nothing) for other shapes. The buffer's padding
+    /// must be zeros (`init` with 0): a stride-1 row's tail stores zeros past the row's input.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn copy_in(
+        pp: &PaddedPlane,
+        x: &[f32],
+        h: usize,
+        w: usize,
+        dst: &mut [f32],
+    ) -> bool {
+        let (pl, s, rs) = (pp.pad_left, pp.stride, pp.row_stride);
+        // Narrow stride-2 rows are mostly tail: the portable pair loop does them better.
+        if !(s == 1 || (s == 2 && w >= 32)) || pl + w > pp.cols || s * pp.phase_len != rs {
+            return false;
+        }
+        let r0 = pp.pad_top.min(pp.rows);
+        let r1 = (pp.pad_top + h).min(pp.rows);
+        for r in r0..r1 {
+            let src = &x[(r - pp.pad_top) * w..(r - pp.pad_top + 1) * w];
+            let row = &mut dst[r * rs..(r + 1) * rs];
+            if s == 1 {
+                let d = &mut row[pl..pl + w];
+                let mut i = 0;
+                while i + 8 <= w {
+                    // SAFETY: AVX2 by contract; `i + 8 <= w` floats of `src` and `d`.
+                    unsafe {
+                        let v = _mm256_loadu_ps(src.as_ptr().add(i));
+                        _mm256_storeu_ps(d.as_mut_ptr().add(i), v);
+                    }
+                    i += 8;
+                }
+                if i < w {
+                    // The last floats, through a masked load. Storing all 8 lanes (the loaded
+                    // zeros past `w`) is cheaper than a masked store on some CPUs and harmless
+                    // where the buffer goes on: the lanes past the row's input are padding
+                    // (zeros) or input of later rows, written after this one.
+                    let at = r * rs + pl + i;
+                    // SAFETY: AVX2 by contract; the mask (from MASKS[16 - n..24 - n], in
+                    // bounds) has n = w - i < 8 leading ones: only floats i..w of `src` are
+                    // read, and floats `at..at + 8` of `dst` (in bounds, checked) or i..w of
+                    // `d` are written.
+                    unsafe {
+                        let m =
+                            _mm256_loadu_si256(MASKS.as_ptr().add(16 - (w - i)) as *const __m256i);
+                        let v = _mm256_maskload_ps(src.as_ptr().add(i), m);
+                        if at + 8 <= dst.len() {
+                            _mm256_storeu_ps(dst.as_mut_ptr().add(at), v);
+                        } else {
+                            _mm256_maskstore_ps(dst.as_mut_ptr().add(at), m, v);
+                        }
+                    }
+                }
+                continue;
+            }
+            // Input column j is padded column pl + j: phase (pl + j) % 2, slot (pl + j) / 2.
+            // Even j form one run from slot pl / 2, odd j another from (pl + 1) / 2.
+            let (ne, no) = (w.div_ceil(2), w / 2);
+            let (ph0, ph1) = row.split_at_mut(pp.phase_len);
+            let (ev, od) = if pl % 2 == 0 { (ph0, ph1) } else { (ph1, ph0) };
+            let ev = &mut ev[pl / 2..pl / 2 + ne];
+            let od = &mut od[pl.div_ceil(2)..pl.div_ceil(2) + no];
+            let mut j = 0;
+            while 2 * j + 16 <= w {
+                // SAFETY: AVX2 by contract; reads src[2j..2j + 16] (2j + 16 <= w) and writes
+                // ev[j..j + 8], od[j..j + 8] (j + 8 <= w / 2 <= no <= ne).
+                unsafe {
+                    let a = _mm256_loadu_ps(src.as_ptr().add(2 * j));
+                    let b = _mm256_loadu_ps(src.as_ptr().add(2 * j + 8));
+                    // [a0 a2 b0 b2 | a4 a6 b4 b6] -> [a0 a2 a4 a6 b0 b2 b4 b6], same for odds.
+                    let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                    let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                    let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                        _mm256_castps_pd(e),
+                    ));
+                    let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(
+                        _mm256_castps_pd(o),
+                    ));
+                    _mm256_storeu_ps(ev.as_mut_ptr().add(j), e);
+                    _mm256_storeu_ps(od.as_mut_ptr().add(j), o);
+                }
+                j += 8;
+            }
+            for (k, &v) in src.iter().enumerate().skip(2 * j) {
+                if k % 2 == 0 {
+                    ev[k / 2] = v;
+                } else {
+                    od[k / 2] = v;
+                }
+            }
+        }
+        true
+    }
+
+    /// Applies `activation` to `v` in place, as [`act`] does (8 lanes at a time, the tail
+    /// masked; activations without a vector form through `apply_slice`), with
+    /// the activation's dispatch outside the loop.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn act_slice(v: &mut [f32], activation: Activation) {
+        macro_rules! each {
+            ($a:expr) => {{
+                let a = $a;
+                let n = v.len();
+                let p = v.as_mut_ptr();
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: AVX2 by contract; floats i..i + 8 <= n of `v`.
+                    unsafe { _mm256_storeu_ps(p.add(i), act(_mm256_loadu_ps(p.add(i)), a)) };
+                    i += 8;
+                }
+                if i < n {
+                    // SAFETY: AVX2 by contract; the mask (from MASKS[16 - k..24 - k], in
+                    // bounds) has k = n - i < 8 leading ones: only floats i..n are touched.
+                    unsafe {
+                        let m =
+                            _mm256_loadu_si256(MASKS.as_ptr().add(16 - (n - i)) as *const __m256i);
+                        let x = act(_mm256_maskload_ps(p.add(i), m), a);
+                        _mm256_maskstore_ps(p.add(i), m, x);
+                    }
+                }
+            }};
+        }
+        match activation {
+            Activation::Identity => {}
+            Activation::Relu => each!(Activation::Relu),
+            Activation::Clamp { min, max } => each!(Activation::Clamp { min, max }),
+            Activation::LeakyRelu { alpha } => each!(Activation::LeakyRelu { alpha }),
+            Activation::HardSwish => each!(Activation::HardSwish),
+            // Elementwise like `act`'s own fallback for these.
+            other => other.apply_slice(v),
         }
     }
 
@@ -1934,6 +2368,35 @@ fn fill_panel<const AVX: bool>(g: &Geo, xg: &[f32], col0: usize, ncols: usize, d
 // Depthwise
 // ---------------------------------------------------------------------------------------------
 
+/// Register blocking of the AVX2 depthwise kernels for an `oh x ow` output: `(R, C)` = output
+/// rows by 8-column vectors per block (8 or 7 accumulators), the candidate computing the fewest
+/// (rounded-up) outputs, earlier candidates first on a tie.
+fn dw_blocking(oh: usize, ow: usize) -> (usize, usize) {
+    let cost = |&(r, c): &(usize, usize)| oh.div_ceil(r) * r * ow.div_ceil(8 * c) * 8 * c;
+    [(8, 1), (7, 1), (4, 2)]
+        .iter()
+        .min_by_key(|rc| cost(rc))
+        .copied()
+        .unwrap_or((4, 2))
+}
+
+/// [`PaddedPlane::copy_in`], with the AVX2 copy where it applies.
+fn copy_in(pp: &PaddedPlane, x: &[f32], h: usize, w: usize, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        if unsafe { simd::copy_in(pp, x, h, w, dst) } {
+            return;
+        }
+    }
+    pp.copy_in(x, h, w, dst);
+}
+
+/// See the module doc. Per output plane: copy the input plane into a zero-padded
+/// [`PaddedPlane`] (column phases for strided convs; long enough for the register blocks'
+/// rounded-up extent), then [`DwPlane::run`]: [`simd::dw_grid`] for 3x3 / 5x5 with vertical
+/// stride 1 or 2 and vertical dilation 1, else [`simd::dw_plane`], or the portable
+/// `DwPlane::rows` without AVX2.
 fn depthwise(
     p: &ConvParams,
     x: &[f32],
@@ -1967,51 +2430,75 @@ fn depthwise(
         .flat_map(|ky| (0..p.kw).map(move |kx| (ky, kx)))
         .map(|(ky, kx)| pp.tap(ky * p.dilation_h, kx * p.dilation_w))
         .collect();
+    let row_step = p.stride_h * pp.row_stride;
+    let blocking = dw_blocking(oh, ow);
+    let grid = (p.dilation_h == 1 && matches!(p.stride_h, 1 | 2))
+        .then_some((p.kh, p.kw, p.stride_h))
+        .filter(|&(kh, kw, _)| kh == kw && matches!(kh, 3 | 5));
+    // The blocked kernel computes whole R x 8C blocks: its loads reach up to the rounded-up
+    // extent, past the plane's own slack (the extra rows and columns stay zero).
+    let (br, bc) = blocking;
+    let max_off = tap_off.iter().copied().max().unwrap_or(0);
+    let pad_len = pp
+        .len()
+        .max((oh.div_ceil(br) * br - 1) * row_step + max_off + ow.div_ceil(8 * bc) * 8 * bc);
     let mult = p.c_out / p.c_in;
     let hw_in = p.h * p.w;
     run_parts(parts, &|_, (pl0, ys): (usize, &mut [f32])| {
-        let mut pad = vec![0.0f32; pp.len()];
-        pp.init(0.0, &mut pad);
-        let segs = segments(oh, ow, p.stride_h * pp.row_stride);
-        let mut taps_w = vec![(0usize, 0.0f32); taps];
+        let mut pad = vec![0.0f32; pad_len];
         for (i, yp) in ys.chunks_exact_mut(plane_out).enumerate() {
             let plane = pl0 + i;
-            let (ni, co) = (plane / p.c_out, plane % p.c_out);
-            let ci = co / mult;
-            let xp = &x[(ni * p.c_in + ci) * hw_in..(ni * p.c_in + ci + 1) * hw_in];
-            pp.copy_in(xp, p.h, p.w, &mut pad);
-            for (t, tw) in taps_w.iter_mut().enumerate() {
-                *tw = (tap_off[t], w[co * taps + t]);
-            }
+            let co = plane % p.c_out;
+            let input = |plane: usize| {
+                let (ni, ci) = (plane / p.c_out, plane % p.c_out / mult);
+                &x[(ni * p.c_in + ci) * hw_in..(ni * p.c_in + ci + 1) * hw_in]
+            };
+            let xp = input(plane);
+            copy_in(&pp, xp, p.h, p.w, &mut pad);
             let rp = match res {
                 Res::Separate(r) => Some(&r[plane * plane_out..(plane + 1) * plane_out]),
                 _ => None,
             };
             let job = DwPlane {
                 pad: &pad,
-                row_step: p.stride_h * pp.row_stride,
-                taps: &taps_w,
+                row_step,
+                row_stride: pp.row_stride,
+                grid,
+                offs: &tap_off,
+                wts: &w[co * taps..(co + 1) * taps],
                 oh,
                 ow,
+                blocking,
                 bias: bias.map_or(0.0, |b| b[co]),
                 res: rp,
                 in_place: matches!(res, Res::InPlace),
                 act: p.activation,
             };
-            job.run(&segs, yp);
+            job.run(yp);
         }
     });
 }
 
 /// One output plane of a depthwise convolution over a [`PaddedPlane`].
 struct DwPlane<'a> {
+    /// The padded plane, long enough for the blocked kernel's rounded-up extent.
     pad: &'a [f32],
     /// Offset between consecutive output rows in `pad`.
     row_step: usize,
-    /// `(offset in pad, weight)` per tap.
-    taps: &'a [(usize, f32)],
+    /// Offset between consecutive padded rows in `pad`.
+    row_stride: usize,
+    /// `(kh, kw, stride_h)` when [`simd::dw_grid`] has a specialization for the shape: 3x3 or
+    /// 5x5, vertical stride 1 or 2, vertical dilation 1.
+    grid: Option<(usize, usize, usize)>,
+    /// Offset in `pad` per tap, row-major over the kernel (`ky * row_stride + ` the column
+    /// offset of `kx`).
+    offs: &'a [usize],
+    /// Weight per tap.
+    wts: &'a [f32],
     oh: usize,
     ow: usize,
+    /// `(R, C)` of the AVX2 kernel (from [`dw_blocking`]).
+    blocking: (usize, usize),
     bias: f32,
     res: Option<&'a [f32]>,
     in_place: bool,
@@ -2019,7 +2506,7 @@ struct DwPlane<'a> {
 }
 
 impl DwPlane<'_> {
-    fn run(&self, segs: &[Seg], y: &mut [f32]) {
+    fn run(&self, y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if avx2() {
             let res = match (self.res, self.in_place) {
@@ -2027,9 +2514,59 @@ impl DwPlane<'_> {
                 (None, true) => SegRes::InPlace,
                 (None, false) => SegRes::None,
             };
+            let (pad, oh, ow, offs, wts) = (self.pad, self.oh, self.ow, self.offs, self.wts);
+            let (b, act) = (self.bias, self.act);
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             unsafe {
-                simd::dw_plane(self.pad, segs, self.taps, self.bias, res, self.act, y);
+                macro_rules! plane {
+                    ($r:literal, $c:literal) => {
+                        simd::dw_plane::<$r, $c>(
+                            pad,
+                            self.row_step,
+                            oh,
+                            ow,
+                            offs,
+                            wts,
+                            b,
+                            res,
+                            act,
+                            y,
+                        )
+                    };
+                }
+                macro_rules! grid {
+                    ($k:literal, $s:literal, $r:literal, $c:literal) => {
+                        simd::dw_grid::<$k, $k, $s, $r, $c>(
+                            pad,
+                            self.row_stride,
+                            oh,
+                            ow,
+                            offs,
+                            wts,
+                            b,
+                            res,
+                            act,
+                            y,
+                        )
+                    };
+                }
+                match (self.grid, self.blocking) {
+                    (Some((3, 3, 1)), (8, 1)) => grid!(3, 1, 8, 1),
+                    (Some((3, 3, 1)), (7, 1)) => grid!(3, 1, 7, 1),
+                    (Some((3, 3, 1)), _) => grid!(3, 1, 4, 2),
+                    (Some((3, 3, 2)), (8, 1)) => grid!(3, 2, 8, 1),
+                    (Some((3, 3, 2)), (7, 1)) => grid!(3, 2, 7, 1),
+                    (Some((3, 3, 2)), _) => grid!(3, 2, 4, 2),
+                    (Some((5, 5, 1)), (8, 1)) => grid!(5, 1, 8, 1),
+                    (Some((5, 5, 1)), (7, 1)) => grid!(5, 1, 7, 1),
+                    (Some((5, 5, 1)), _) => grid!(5, 1, 4, 2),
+                    (Some((5, 5, 2)), (8, 1)) => grid!(5, 2, 8, 1),
+                    (Some((5, 5, 2)), (7, 1)) => grid!(5, 2, 7, 1),
+                    (Some((5, 5, 2)), _) => grid!(5, 2, 4, 2),
+                    (_, (8, 1)) => plane!(8, 1),
+                    (_, (7, 1)) => plane!(7, 1),
+                    _ => plane!(4, 2),
+                }
             }
             return;
         }
@@ -2051,7 +2588,7 @@ impl DwPlane<'_> {
             while ox < ow {
                 let len = B.min(ow - ox);
                 let mut acc = [self.bias; B];
-                for &(off, wv) in self.taps {
+                for (&off, &wv) in self.offs.iter().zip(self.wts) {
                     let src: &[f32; B] = self.pad[base + off + ox..base + off + ox + B]
                         .try_into()
                         .expect("block of B floats");
@@ -2589,6 +3126,11 @@ mod tests {
             (4, 8, 4, 15, 10, 5, 2, 1, 2),
             (3, 3, 3, 7, 40, 3, 3, 2, 3),
             (2, 7, 1, 5, 33, 1, 3, 1, 0),
+            // Depthwise: each specialized kernel and blocking, and the general kernel.
+            (4, 4, 4, 14, 14, 5, 1, 1, 2),
+            (3, 3, 3, 28, 28, 3, 2, 1, 1),
+            (2, 4, 2, 4, 16, 3, 1, 1, 1),
+            (2, 2, 2, 9, 11, 4, 1, 1, 2),
         ] {
             for (bias, res, act) in [
                 (false, false, Activation::Identity),
