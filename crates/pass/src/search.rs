@@ -156,6 +156,58 @@ pub fn evolve<E>(
     })
 }
 
+/// [`evolve`] with the context's seed and a progress bar labelled `label` (one step per
+/// generation).
+pub fn evolve_in<E>(
+    cx: &crate::PassContext,
+    label: &str,
+    start: Vec<usize>,
+    space: &Space,
+    generations: usize,
+    offspring: usize,
+    fitness: &mut dyn FnMut(&[usize]) -> Result<f64, E>,
+) -> Result<Found, E> {
+    let pb = cx.progress_bar(generations as u64, label);
+    let found = evolve(
+        start,
+        space,
+        Settings {
+            generations,
+            offspring,
+            seed: cx.seed(),
+        },
+        fitness,
+        &mut || pb.inc(1),
+    );
+    pb.finish_and_clear();
+    found
+}
+
+/// Times `input`, the `uniform` result and the `searched` one with `probe` (in one call, so
+/// the numbers compare) and describes them for a report; `uniform_label` names the uniform
+/// result ("uniform allocation", "the rule's ranks").
+pub fn latency_note(
+    probe: &dyn LatencyProbe,
+    input: &Graph,
+    uniform: &Graph,
+    searched: &Graph,
+    uniform_label: &str,
+) -> Result<String, String> {
+    let ms = probe.latencies(&[input, uniform, searched])?;
+    let [a, b, c] = ms[..] else {
+        return Err(format!(
+            "the latency probe returned {} times for 3 graphs",
+            ms.len()
+        ));
+    };
+    Ok(format!(
+        "measured compiled latency: input {a:.3} ms, {uniform_label} {b:.3} ms ({:.2}×), \
+         searched {c:.3} ms ({:.2}×)",
+        b / a,
+        c / a
+    ))
+}
+
 /// The fitness both searches use: the relative L2 error of a candidate's float outputs
 /// against the input model's, on the first calibration samples.
 pub struct Scorer {

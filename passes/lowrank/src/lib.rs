@@ -464,27 +464,24 @@ fn search_ranks(
         .zip(&per_unit)
         .map(|(&k, &p)| k as f64 * p)
         .sum();
-    let pb = cx.progress_bar(o.generations as u64, "rank search");
     let mut fitness = |removed: &[usize]| -> Result<f64, PassError> {
         scorer.error(&build(removed)).map_err(fail)
     };
-    let found = search::evolve(
+    let space = search::Space {
+        units,
+        caps,
+        per_unit,
+        budget,
+    };
+    let found = search::evolve_in(
+        cx,
+        "rank search",
         start.clone(),
-        &search::Space {
-            units,
-            caps,
-            per_unit,
-            budget,
-        },
-        search::Settings {
-            generations: o.generations,
-            offspring: o.offspring,
-            seed: cx.seed(),
-        },
+        &space,
+        o.generations,
+        o.offspring,
         &mut fitness,
-        &mut || pb.inc(1),
     )?;
-    pb.finish_and_clear();
     report.note(format!(
         "rank search: {} candidates over {} generations; output error on {} calibration \
          sample(s) {:.4} (the rule's ranks) → {:.4}",
@@ -496,19 +493,10 @@ fn search_ranks(
     ));
     report.add_stat("search-evaluations", found.evaluations as u64);
     if let (Budget::Latency, Some(probe)) = (o.budget, probe.as_deref()) {
-        let graphs = [build(&start), build(&found.removed)];
-        let ms = probe
-            .latencies(&[g, &graphs[0], &graphs[1]])
+        let (uniform, searched) = (build(&start), build(&found.removed));
+        let note = search::latency_note(probe, g, &uniform, &searched, "the rule's ranks")
             .map_err(|e| fail(format!("timing the result: {e}")))?;
-        report.note(format!(
-            "measured compiled latency: input {:.3} ms, the rule's ranks {:.3} ms ({:.2}×), \
-             searched {:.3} ms ({:.2}×)",
-            ms[0],
-            ms[1],
-            ms[1] / ms[0],
-            ms[2],
-            ms[2] / ms[0]
-        ));
+        report.note(note);
     }
     Ok(layers
         .iter()

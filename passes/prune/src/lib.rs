@@ -989,19 +989,10 @@ fn search_allocation(
     ));
     report.add_stat("search-evaluations", found.evaluations as u64);
     if let (Budget::Latency, Some(probe)) = (o.budget, probe) {
-        let graphs = [build(&start)?, build(&found.removed)?];
-        let ms = probe
-            .latencies(&[g, &graphs[0], &graphs[1]])
+        let (uniform, searched) = (build(&start)?, build(&found.removed)?);
+        let note = search::latency_note(probe, g, &uniform, &searched, "uniform allocation")
             .map_err(|e| fail(format!("timing the result: {e}")))?;
-        report.note(format!(
-            "measured compiled latency: input {:.3} ms, uniform allocation {:.3} ms ({:.2}×), \
-             searched {:.3} ms ({:.2}×)",
-            ms[0],
-            ms[1],
-            ms[1] / ms[0],
-            ms[2],
-            ms[2] / ms[0]
-        ));
+        report.note(note);
     }
     Ok(lowest_units(scored, &found.removed))
 }

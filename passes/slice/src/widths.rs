@@ -118,7 +118,6 @@ pub(crate) fn search_widths(
         .map(|(&k, &p)| k as f64 * p)
         .sum();
     let scorer = search::Scorer::new(g, &samples, o.search_samples).map_err(fail)?;
-    let pb = cx.progress_bar(o.generations as u64, "slice: width search");
     let mut fitness = |removed: &[usize]| -> Result<f64, PassError> {
         let h = rewritten(g, plan, bases, &widths(plan, removed, m)).map_err(fail)?;
         // The unit costs are linear; the residual matrices are not: a candidate that costs
@@ -128,23 +127,21 @@ pub(crate) fn search_widths(
         }
         scorer.error(&h).map_err(fail)
     };
-    let found = search::evolve(
+    let space = search::Space {
+        units,
+        caps,
+        per_unit,
+        budget,
+    };
+    let found = search::evolve_in(
+        cx,
+        "slice: width search",
         start,
-        &search::Space {
-            units,
-            caps,
-            per_unit,
-            budget,
-        },
-        search::Settings {
-            generations: o.generations,
-            offspring: o.offspring,
-            seed: cx.seed(),
-        },
+        &space,
+        o.generations,
+        o.offspring,
         &mut fitness,
-        &mut || pb.inc(1),
     )?;
-    pb.finish_and_clear();
     let keep = widths(plan, &found.removed, m);
     let after = measure(&rewritten(g, plan, bases, &keep).map_err(fail)?, o.budget);
     let what = match o.budget {
