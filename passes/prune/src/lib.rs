@@ -954,25 +954,48 @@ fn search_allocation(
                 .collect()
         }
     };
-    let budget: f64 = start
+    // The search moves blocks of `round-to` units, so that every group keeps a multiple of
+    // `round-to` (as the uniform selection does): removing `b > 0` blocks removes the group's
+    // `units mod round-to` remainder and `b · round-to` units.
+    let r = o.round_to.max(1);
+    let rems: Vec<usize> = units.iter().map(|&u| u % r).collect();
+    let to_removed = |b: &[usize]| -> Vec<usize> {
+        b.iter()
+            .zip(&rems)
+            .map(|(&b, &rem)| if b == 0 { 0 } else { rem + b * r })
+            .collect()
+    };
+    let blocks = |k: usize, rem: usize| if k < rem + r { 0 } else { (k - rem) / r };
+    let start_b: Vec<usize> = start
         .iter()
-        .zip(&per_unit)
+        .zip(&rems)
+        .map(|(&k, &m)| blocks(k, m))
+        .collect();
+    let caps_b: Vec<usize> = caps
+        .iter()
+        .zip(&rems)
+        .map(|(&k, &m)| blocks(k, m))
+        .collect();
+    let per_block: Vec<f64> = per_unit.iter().map(|&p| p * r as f64).collect();
+    let budget: f64 = start_b
+        .iter()
+        .zip(&per_block)
         .map(|(&k, &p)| k as f64 * p)
         .sum();
     let scorer = search::Scorer::new(g, samples, o.search_samples).map_err(fail)?;
     let n = scorer.samples();
-    let mut fitness = |k: &[usize]| -> Result<f64, PassError> {
-        let cand = build(k)?;
+    let mut fitness = |b: &[usize]| -> Result<f64, PassError> {
+        let cand = build(&to_removed(b))?;
         scorer.error(&cand).map_err(fail)
     };
     let space = search::Space {
-        units,
-        caps,
-        per_unit,
+        units: units.iter().map(|&u| u / r).collect(),
+        caps: caps_b,
+        per_unit: per_block,
         budget,
     };
     let found = search::evolve(
-        start.clone(),
+        start_b,
         &space,
         search::Settings {
             generations: o.generations,
@@ -988,13 +1011,14 @@ fn search_allocation(
         o.budget, found.evaluations, o.generations, found.uniform_fitness, found.fitness
     ));
     report.add_stat("search-evaluations", found.evaluations as u64);
+    let removed = to_removed(&found.removed);
     if let (Budget::Latency, Some(probe)) = (o.budget, probe) {
-        let (uniform, searched) = (build(&start)?, build(&found.removed)?);
+        let (uniform, searched) = (build(&start)?, build(&removed)?);
         let note = search::latency_note(probe, g, &uniform, &searched, "uniform allocation")
             .map_err(|e| fail(format!("timing the result: {e}")))?;
         report.note(note);
     }
-    Ok(lowest_units(scored, &found.removed))
+    Ok(lowest_units(scored, &removed))
 }
 
 impl Pass for Prune {
