@@ -28,11 +28,18 @@ pub struct Settings {
     pub seed: u64,
 }
 
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
+/// A small deterministic generator (xorshift64*), shared by the searches and the generated
+/// calibration inputs.
+pub struct Rng(u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// A generator from `seed` (any value).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -41,8 +48,20 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+    /// Uniform in `[0, n)` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+
+    /// Uniform in `(0, 1)`.
+    pub fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
     }
 }
 
@@ -119,7 +138,7 @@ pub fn evolve<E>(
 ) -> Result<Found, E> {
     let (caps, units, per_unit, budget) =
         (&space.caps, &space.units, &space.per_unit, space.budget);
-    let mut rng = Rng(settings.seed | 1);
+    let mut rng = Rng::new(settings.seed);
     let mut best = start;
     let mut best_fit = fitness(&best)?;
     let uniform_fitness = best_fit;

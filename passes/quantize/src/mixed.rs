@@ -80,52 +80,7 @@ pub fn greedy(levels: &[Vec<Level>], budget: f64) -> Result<Vec<usize>, f64> {
     }
 }
 
-/// Evolution settings.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    /// Generations.
-    pub generations: usize,
-    /// Mutants per generation.
-    pub offspring: usize,
-    /// Random seed.
-    pub seed: u64,
-}
-
-/// A small deterministic generator (xorshift64*).
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator from `seed` (any value).
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed | 1)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// Uniform in `[0, n)` (0 when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n.max(1) as u64) as usize
-    }
-
-    /// Uniform in `(0, 1)`.
-    fn uniform(&mut self) -> f64 {
-        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
-}
+pub use pare_pass::search::{Rng, Settings};
 
 /// One mutation: a random layer goes up one level, then random other layers go down one
 /// level until the budget holds. `false` when no such move exists (`choice` unchanged).
