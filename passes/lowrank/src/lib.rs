@@ -389,7 +389,7 @@ struct Layer {
 /// The first `r` components of `f` (`a` is `K×f.r`, `b` is `f.r×N`): the rank-`r` truncation,
 /// since the components are in singular-value order (for `asvd` too: un-whitening acts on
 /// each column of `a` alone).
-fn truncate(f: &Factors, r: usize, k: usize, n: usize) -> Factors {
+pub(crate) fn truncate(f: &Factors, r: usize, k: usize, n: usize) -> Factors {
     let r = r.min(f.r);
     if r == f.r {
         return f.clone();

@@ -87,7 +87,13 @@ fn eora_lowers_the_int4_error_of_minilm() {
     let mut errs = Vec::new();
     // The last run is the plain truncated SVD of W − Ŵ at rank 16: with an overwhelming
     // ridge, H + λI ≈ λI weighs every input direction alike.
-    for (rank, damp) in [(16, 0.01), (32, 0.01), (16, 1e6)] {
+    // The fourth spreads rank 16's parameters over the layers by an end-to-end search.
+    for (rank, damp, allocate) in [
+        (16, 0.01, "uniform"),
+        (32, 0.01, "uniform"),
+        (16, 1e6, "uniform"),
+        (16, 0.01, "evo"),
+    ] {
         let mut h = q.clone();
         // The pass reads the dense weights from the graph the pipeline started from: the
         // context is given the dense model, as the pass manager records it in one pipeline
@@ -95,7 +101,7 @@ fn eora_lowers_the_int4_error_of_minilm() {
         let mut cx = PassContext::new()
             .with_samples(calib.clone())
             .with_input_graph(dense.clone());
-        let spec = format!("eora(rank={rank},damp={damp})");
+        let spec = format!("eora(rank={rank},damp={damp},allocate={allocate})");
         let r = run_pipeline(&reg, &spec, &mut h, &mut cx).expect("eora runs");
         let step = &r.steps[0];
         let done = step.stats.get("layers").copied().unwrap_or(0);
