@@ -43,6 +43,13 @@ fn conv_case(
     Conv { what, p }
 }
 
+/// A 3x3 convolution with padding 1 on an `h x w` input (the ocr-det shapes).
+fn det(what: &'static str, c_in: usize, (h, w): (usize, usize), c_out: usize, s: usize) -> Conv {
+    let mut c = conv_case(what, c_in, h, c_out, 3, s, 1, 1);
+    c.p.w = w;
+    c
+}
+
 /// Median (or best) seconds per call of `f`, calibrated to ~25 ms per sample.
 fn time(samples: usize, best: bool, mut f: impl FnMut()) -> f64 {
     let t0 = Instant::now();
@@ -117,6 +124,11 @@ fn main() {
         conv_case("lcnet dw 3x3 s2 128 @28", 128, 28, 128, 3, 2, 1, 128),
         conv_case("lcnet dw 5x5 s2 256 @14", 256, 14, 256, 5, 2, 2, 256),
         conv_case("lcnet dw 5x5 512 @7", 512, 7, 512, 5, 1, 2, 512),
+        // ocr-det (1x3x64x96): the stem and the 96->24 3x3 convolutions of its neck
+        det("det stem 3->16 s2 @64x96", 3, (64, 96), 16, 2),
+        det("det 3x3 96->24 @16x24", 96, (16, 24), 24, 1),
+        det("det 3x3 96->24 @8x12", 96, (8, 12), 24, 1),
+        det("det 3x3 96->24 @4x6", 96, (4, 6), 24, 1),
     ];
     println!(
         "{} of {samples} samples; GFLOP/s counts 2*MACs (bias/act not counted)",

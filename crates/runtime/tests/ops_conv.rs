@@ -445,6 +445,10 @@ fn conv_in_place_residual() {
         case(2, 32, (30, 30), 32, (3, 3)).g(32).pad(1, 1, 1, 1),
         case(1, 64, (32, 32), 128, (1, 1)),
         case(2, 24, (4, 4), 40, (3, 3)).s(2, 2).pad(1, 1, 1, 1),
+        // Direct: batch 2, a 16-column tile and a tail, both channel blocks.
+        case(2, 10, (7, 21), 10, (3, 3)).pad(1, 1, 1, 1),
+        case(2, 3, (11, 30), 16, (3, 3)).s(2, 2).pad(1, 1, 1, 1),
+        case(1, 96, (16, 24), 24, (3, 3)).pad(1, 1, 1, 1),
     ] {
         let c = c.epi(true, true, Activation::Relu);
         let p = c.p;
@@ -585,6 +589,92 @@ fn conv_depthwise_in_place_residual() {
     }
 }
 
+/// The Direct algorithm: the ocr-det shapes (96 -> 24 3x3 at several sizes, the 3 -> 16 stride-2
+/// stem), every output width from 1 to 35 (16-column tiles, tails of more and at most 8
+/// columns), channel counts around the 6- and 4-channel blocks, strides (1 or 2 per axis),
+/// asymmetric and large pads, batch 2, bias, residual and every activation.
+#[test]
+fn conv_direct_paths() {
+    use Activation::*;
+    let direct = |c: Case, seed: u64| {
+        assert_eq!(c.p.algorithm(), ConvAlgo::Direct, "{c:?}");
+        check(&c, seed);
+    };
+    let mut seed = 5000;
+    for (h, w) in [(16, 24), (8, 12), (4, 6)] {
+        seed += 1;
+        direct(
+            case(1, 96, (h, w), 24, (3, 3))
+                .pad(1, 1, 1, 1)
+                .epi(true, false, Relu),
+            seed,
+        );
+    }
+    direct(
+        case(1, 3, (64, 96), 16, (3, 3))
+            .s(2, 2)
+            .pad(1, 1, 1, 1)
+            .epi(true, false, HardSwish),
+        5010,
+    );
+    direct(
+        case(2, 3, (33, 35), 16, (3, 3))
+            .s(2, 2)
+            .pad(1, 1, 1, 1)
+            .epi(true, true, Relu),
+        5011,
+    );
+    direct(
+        case(1, 3, (30, 31), 70, (7, 7))
+            .s(2, 2)
+            .pad(3, 3, 3, 3)
+            .epi(true, false, Identity),
+        5012,
+    );
+    for w in 1..=35 {
+        for c_out in [1, 4, 5, 7, 13] {
+            seed += 1;
+            let act = ACTS[(w + c_out) % ACTS.len()];
+            direct(
+                // Tall enough (over 256 positions) that Rows does not take it.
+                case(1 + w % 2, 5, (3 + w % 4 + 300 / w, w), c_out, (3, 3))
+                    .pad(1, 1, 1, 1)
+                    .epi(w % 3 != 0, w % 2 == 0, act),
+                seed,
+            );
+        }
+    }
+    for (s, k, pads) in [
+        ((1, 2), (3, 3), (1, 1, 1, 1)),
+        ((2, 1), (3, 3), (0, 2, 1, 0)),
+        ((2, 2), (5, 5), (2, 2, 2, 2)),
+        ((1, 1), (2, 4), (0, 3, 1, 0)),
+        ((2, 2), (3, 2), (4, 1, 0, 5)),
+        ((1, 1), (3, 1), (1, 0, 1, 0)),
+        ((1, 1), (1, 3), (0, 1, 0, 1)),
+    ] {
+        for &act in ACTS.iter() {
+            seed += 1;
+            direct(
+                case(2, 6, (13, 19), 11, k)
+                    .s(s.0, s.1)
+                    .pad(pads.0, pads.1, pads.2, pads.3)
+                    .epi(true, seed % 2 == 0, act),
+                seed,
+            );
+        }
+    }
+    // The same shapes just past the rule stay on Im2col.
+    for c in [
+        case(1, 8, (13, 19), 65, (3, 3)).pad(1, 1, 1, 1),
+        case(1, 8, (13, 19), 24, (3, 3)).d(1, 2).pad(1, 1, 1, 1),
+        case(1, 8, (13, 19), 24, (3, 3)).s(3, 3).pad(1, 1, 1, 1),
+    ] {
+        assert_eq!(c.p.algorithm(), ConvAlgo::Im2col, "{c:?}");
+        check(&c.epi(true, true, Relu), 5999);
+    }
+}
+
 #[test]
 fn conv_algorithm_choice() {
     assert_eq!(
@@ -605,8 +695,31 @@ fn conv_algorithm_choice() {
     );
     assert_eq!(
         case(1, 8, (9, 9), 16, (3, 3)).p.algorithm(),
+        ConvAlgo::Direct
+    );
+    // Many output channels (and more than 4 input channels): Im2col.
+    assert_eq!(
+        case(1, 8, (9, 9), 65, (3, 3)).p.algorithm(),
         ConvAlgo::Im2col
     );
+    // Stems (3 input channels) take Direct whatever the output channels.
+    assert_eq!(
+        case(1, 3, (64, 64), 96, (3, 3))
+            .s(2, 2)
+            .pad(1, 1, 1, 1)
+            .p
+            .algorithm(),
+        ConvAlgo::Direct
+    );
+    // Dilation, stride 3, groups and 1-D stay on Im2col.
+    for c in [
+        case(1, 8, (30, 30), 16, (3, 3)).d(2, 1),
+        case(1, 8, (60, 30), 16, (3, 3)).s(3, 1),
+        case(1, 8, (30, 30), 16, (3, 3)).g(2),
+        Case::one_d(1, 8, 40, 16, 3),
+    ] {
+        assert_eq!(c.p.algorithm(), ConvAlgo::Im2col, "{c:?}");
+    }
     // 4 output positions per image: 16-column panels would be 3/4 padding.
     assert_eq!(
         Case::one_d(4, 1, 640, 258, 256).s(1, 128).p.algorithm(),
@@ -618,14 +731,18 @@ fn conv_algorithm_choice() {
     );
     // 7x7 = 49 positions fill 49/64 of the panels: not worth the swap.
     assert_eq!(
-        case(1, 64, (7, 7), 64, (3, 3))
+        case(1, 64, (7, 7), 128, (3, 3))
             .pad(1, 1, 1, 1)
             .p
             .algorithm(),
         ConvAlgo::Im2col
     );
     assert_eq!(case(1, 8, (9, 9), 16, (1, 1)).p.scratch_bytes(), 0);
-    assert!(case(1, 8, (9, 9), 16, (3, 3)).p.scratch_bytes() >= 8 * 9 * 49 * 4);
+    assert!(case(1, 8, (9, 9), 65, (3, 3)).p.scratch_bytes() >= 8 * 9 * 49 * 4);
+    // Direct: the padded input planes; weights in blocks of 6 channels.
+    let d = case(1, 8, (9, 9), 16, (3, 3)).pad(1, 1, 1, 1).p;
+    assert!(d.scratch_bytes() >= 8 * 11 * 11 * 4);
+    assert_eq!(d.prepared_len(), 18 * 8 * 9);
 }
 
 #[test]

@@ -21,7 +21,8 @@
 //!   weights in registers); other shapes (dilated rows, other sizes, 1-D) load once per tap
 //!   and FMA. Without AVX2, each output row is computed 16 (or 8) columns at a time. Threads
 //!   split the planes.
-//! * **Im2col** (everything else): for each image, the output columns (`OH*OW` positions) are
+//! * **Im2col** (everything else: dilated, grouped, 1-D, strides above 2, many channels on
+//!   both sides): for each image, the output columns (`OH*OW` positions) are
 //!   processed in chunks. A chunk's im2col matrix is written **directly in the packed-B layout**
 //!   of the GEMM ([`crate::PackedB`]: 16-column panels, k-major) into the scratch buffer, so the
 //!   GEMM (`W_g` as A, the chunk as pre-packed B, bias per row, residual, activation fused in the
@@ -31,6 +32,24 @@
 //!   row blocks are multiples of the 6-row micro-tile when there are enough rows, or even
 //!   splits otherwise (16 rows on 2 threads: 8 + 8, not 12 + 4).
 //!
+//! * **Direct** (one group, a 2-D kernel of more than one tap, no dilation, strides up to 2,
+//!   and at most 64 output channels or at most 4 input channels; chosen after Rows and
+//!   Pointwise): an implicit GEMM with no im2col matrix. Per image, every input channel is
+//!   copied once into a zero-padded [`PaddedPlane`] (columns de-interleaved by phase for
+//!   stride 2), so for tap `k = (ci, ky, kx)` the consecutive output columns of one output row
+//!   read a contiguous run at a fixed per-tap offset. The AVX2 kernel computes register tiles
+//!   of 6 output channels (4 for a last block of at most 4) by 16 output columns (a tail of at
+//!   most 8 columns: 8), the K loop doing two unaligned loads of the padded planes and one
+//!   broadcast weight per channel, as the GEMM's 6x16 micro-kernel does with its packed
+//!   panels; bias, residual (separate or in place) and activation are applied in the store,
+//!   tails masked. Tiles follow output rows (widths like 24 or 12 waste no lanes on a 16-column
+//!   panel grid), each output row runs every channel block before the next, so the padded rows
+//!   it reads stay in L1 and the weights (pre-packed at compile time by
+//!   [`conv_prepare_weights`] in blocks of 6 channels, k-major) in L2. Threads split the output
+//!   rows. It is chosen where writing Im2col's expanded B costs a large share of the product
+//!   (few output channels reuse each B element little; a 3-channel stem's K of 27 makes the
+//!   fill dominate); up to 64 output channels it measured at least as fast as Im2col on every
+//!   shape tried (`examples/conv_bench.rs`), beyond that Im2col stays (its GEMM blocks K).
 //! * **Rows** (small outputs, where the 16-column panels of Im2col would be mostly padding:
 //!   an STFT frame of 4 positions, the 1x1 tail of a 1-D encoder): the roles swap.
 //!   `Yᵀ = im2col(X)ᵀ · W_gᵀ`, one row per output position of *every* image, so the batch
@@ -43,8 +62,8 @@
 //! then a col2im scatter-add into the output (pre-filled with the bias), then the activation.
 //!
 //! Pointwise, Depthwise and Im2col use the weights in their ONNX layout (the GEMM packs the
-//! small A operand itself, at a cost of `1 / (2 * chunk width)` of the arithmetic); Rows uses
-//! them pre-packed. The backend always calls [`conv_prepare_weights`].
+//! small A operand itself, at a cost of `1 / (2 * chunk width)` of the arithmetic); Rows and
+//! Direct use them pre-packed. The backend always calls [`conv_prepare_weights`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
@@ -665,7 +684,7 @@ pub(crate) enum SegRes<'a> {
 pub(crate) mod simd {
     use std::arch::x86_64::*;
 
-    use super::{PaddedPlane, Seg, SegRes, MASKS};
+    use super::{Direct, PaddedPlane, Seg, SegRes, SharedOut, DIRECT_MR, MASKS};
     use crate::Activation;
 
     /// Checks every access the kernels make: loads of 8 floats at `seg.src + off` (`off <=
@@ -1178,6 +1197,139 @@ pub(crate) mod simd {
         true
     }
 
+    /// `R x C` register tile of the Direct kernel: output channels `0..R` of a weight block
+    /// (`wp`, k-major with [`DIRECT_MR`] lanes per tap) by `8 * C` consecutive output columns
+    /// whose tap `k` reads `8 * C` floats at `src + offs[k]`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `src + offs[k] .. + 8 * C` and `wp[k * DIRECT_MR + r]` in bounds for every
+    /// `k < offs.len()`, `r < R`.
+    #[inline(always)]
+    unsafe fn direct_tile<const R: usize, const C: usize>(
+        src: *const f32,
+        offs: &[usize],
+        wp: *const f32,
+    ) -> [[__m256; C]; R] {
+        // SAFETY: AVX2/FMA and the bounds by the caller's contract.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            for (ki, &o) in offs.iter().enumerate() {
+                let s = src.add(o);
+                let mut b = [_mm256_setzero_ps(); C];
+                for (c, bc) in b.iter_mut().enumerate() {
+                    *bc = _mm256_loadu_ps(s.add(8 * c));
+                }
+                let wk = wp.add(ki * DIRECT_MR);
+                for (r, row) in acc.iter_mut().enumerate() {
+                    let a = _mm256_broadcast_ss(&*wk.add(r));
+                    for (c, v) in row.iter_mut().enumerate() {
+                        *v = _mm256_fmadd_ps(a, b[c], *v);
+                    }
+                }
+            }
+            acc
+        }
+    }
+
+    /// Stores channels `0..rows` (`rows <= R`) by columns `0..lanes` of a Direct tile at
+    /// output channel `oc0`, position `pos` (`oy * ow + ox`): bias, residual, activation.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; `(oc0 + r) * hw + pos + lanes` within the output (and residual) for
+    /// `r < rows`; those floats owned by this task.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn direct_store<const R: usize, const C: usize>(
+        acc: &[[__m256; C]; R],
+        d: &Direct<'_>,
+        rows: usize,
+        lanes: usize,
+        oc0: usize,
+        pos: usize,
+        hw: usize,
+        y: *mut f32,
+    ) {
+        // SAFETY: AVX2/FMA and the bounds by the caller's contract; the masks come from
+        // MASKS[16 - n..24 - n] with 0 < n < 8 (in bounds) and cover only the first n lanes.
+        unsafe {
+            for (r, row) in acc.iter().enumerate().take(rows) {
+                let b = _mm256_set1_ps(d.bias.map_or(0.0, |b| b[oc0 + r]));
+                for (c, &v) in row.iter().enumerate() {
+                    let n = lanes.saturating_sub(8 * c).min(8);
+                    if n == 0 {
+                        break;
+                    }
+                    let at = (oc0 + r) * hw + pos + 8 * c;
+                    let mut v = _mm256_add_ps(v, b);
+                    if n == 8 {
+                        if let Some(res) = d.res {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(res.as_ptr().add(at)));
+                        } else if d.in_place {
+                            v = _mm256_add_ps(v, _mm256_loadu_ps(y.add(at)));
+                        }
+                        _mm256_storeu_ps(y.add(at), act(v, d.activation));
+                    } else {
+                        let m = _mm256_loadu_si256(MASKS.as_ptr().add(16 - n) as *const __m256i);
+                        if let Some(res) = d.res {
+                            v = _mm256_add_ps(v, _mm256_maskload_ps(res.as_ptr().add(at), m));
+                        } else if d.in_place {
+                            v = _mm256_add_ps(v, _mm256_maskload_ps(y.add(at), m));
+                        }
+                        _mm256_maskstore_ps(y.add(at), m, act(v, d.activation));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The AVX2 Direct kernel: output rows `oy0..oy1` of every channel (see
+    /// [`Direct::rows_portable`]). Blocks of 6 channels (4 for a last block of at most 4),
+    /// each output row in 16-column tiles, the tail in one tile of 16 (more than 8 left) or 8.
+    ///
+    /// # Safety
+    /// AVX2 and FMA; the output contract of [`Direct::rows_portable`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn direct_rows(d: &Direct<'_>, oy0: usize, oy1: usize, y: SharedOut) {
+        let (ow, hw, k) = (d.ow, d.oh * d.ow, d.offs.len());
+        d.check(oy1);
+        let y = y.0;
+        for oy in oy0..oy1 {
+            for oc0 in (0..d.c_out).step_by(DIRECT_MR) {
+                let rows = (d.c_out - oc0).min(DIRECT_MR);
+                let wb = &d.w[oc0 * k..(oc0 + DIRECT_MR) * k];
+                let mut ox = 0;
+                while ox < ow {
+                    let left = ow - ox;
+                    let lanes = left.min(16);
+                    // SAFETY: AVX2/FMA by contract. Loads: offset (oy * row_step + ox) +
+                    // offs[k] + up to 16 lanes, with ox + 16 <= ow + 8 (a 16-lane tile when
+                    // more than 8 columns are left, else 8 lanes): within the padded planes by
+                    // `check`. Weights: block oc0 / DIRECT_MR holds k * DIRECT_MR floats (`wb`).
+                    // Stores: channels oc0..oc0 + rows < c_out, columns ox..ox + lanes <= ow of
+                    // row oy < oh, owned by this task (caller's contract).
+                    unsafe {
+                        let src = d.pad.as_ptr().add(oy * d.row_step + ox);
+                        let wp = wb.as_ptr();
+                        let pos = oy * ow + ox;
+                        macro_rules! tile {
+                            ($r:literal, $c:literal) => {{
+                                let acc = direct_tile::<$r, $c>(src, d.offs, wp);
+                                direct_store::<$r, $c>(&acc, d, rows, lanes, oc0, pos, hw, y);
+                            }};
+                        }
+                        match (rows > 4, left > 8) {
+                            (true, true) => tile!(6, 2),
+                            (true, false) => tile!(6, 1),
+                            (false, true) => tile!(4, 2),
+                            (false, false) => tile!(4, 1),
+                        }
+                    }
+                    ox += lanes;
+                }
+            }
+        }
+    }
+
     /// Applies `activation` to `v` in place, as [`act`] does (8 lanes at a time, the tail
     /// masked; activations without a vector form through `apply_slice`), with
     /// the activation's dispatch outside the loop.
@@ -1367,7 +1519,21 @@ pub enum ConvAlgo {
     Im2col,
     /// Small output: im2col rows of all images as A, the pre-packed weight as B.
     Rows,
+    /// Few output channels (or a 3-channel stem): implicit GEMM straight from a zero-padded
+    /// copy of the input, no im2col matrix (see the module doc).
+    Direct,
 }
+
+/// Output channels per register block of the Direct algorithm (rows of its micro-tile); the
+/// prepared weight is packed in blocks of this many channels.
+const DIRECT_MR: usize = 6;
+
+/// Largest `c_out` the Direct algorithm takes (with `c_in > DIRECT_STEM_CIN`): beyond it every
+/// expanded B element of Im2col is reused by enough multiply-adds that the packing is cheap.
+const DIRECT_MAX_COUT: usize = 64;
+
+/// Inputs of at most this many channels (image stems) take Direct whatever `c_out`.
+const DIRECT_STEM_CIN: usize = 4;
 
 /// Largest GEMM row count (`n * out_h * out_w`) the Rows algorithm takes.
 const ROWS_MAX: usize = 256;
@@ -1588,9 +1754,62 @@ impl ConvParams {
             && self.pad_top + self.pad_left + self.pad_bottom + self.pad_right == 0
         {
             ConvAlgo::Pointwise
+        } else if self.direct_fits() {
+            ConvAlgo::Direct
         } else {
             ConvAlgo::Im2col
         }
+    }
+
+    /// Whether the Direct algorithm takes this (non-pointwise, non-depthwise) shape: one group,
+    /// a 2-D kernel of more than one tap, no dilation, strides up to 2, and few output channels
+    /// or few input channels (where writing Im2col's 9x-expanded B costs a large fraction of
+    /// the product).
+    fn direct_fits(&self) -> bool {
+        self.group == 1
+            && self.h > 1
+            && self.kh * self.kw > 1
+            && self.dilation_h == 1
+            && self.dilation_w == 1
+            && self.stride_h <= 2
+            && self.stride_w <= 2
+            && (self.c_out <= DIRECT_MAX_COUT || self.c_in <= DIRECT_STEM_CIN)
+            && self.out_h() > 0
+            && self.out_w() > 0
+            && self.direct_sizes_fit()
+    }
+
+    /// Whether Direct's scratch bytes and prepared weight length fit comfortably in `usize`
+    /// (always for real models; `validate` bounds the other algorithms' sizes).
+    fn direct_sizes_fit(&self) -> bool {
+        let u = |v: usize| v as u128;
+        let rows = (u(self.out_h()) - 1) * u(self.stride_h) + u(self.kh);
+        // The row stride rounds the padded columns up to a multiple of the stride (<= 2).
+        let cols = (u(self.out_w()) - 1) * u(self.stride_w) + u(self.kw) + 1;
+        let plane = rows * cols + u(PLANE_SLACK);
+        let scratch = (u(self.c_in) * plane + u(DIRECT_SLACK)) * 4 + 64;
+        let weight =
+            u(self.c_out.div_ceil(DIRECT_MR) * DIRECT_MR) * u(self.c_in) * u(self.kh) * u(self.kw);
+        scratch.max(weight * 4) <= u(isize::MAX as usize)
+    }
+
+    /// The zero-padded plane layout Direct copies each input channel into: the rows and
+    /// columns the output windows cover, columns de-interleaved by phase for stride 2.
+    fn direct_plane(&self) -> PaddedPlane {
+        let (oh, ow) = (self.out_h(), self.out_w());
+        PaddedPlane::new(
+            (oh - 1) * self.stride_h + self.kh,
+            (ow - 1) * self.stride_w + self.kw,
+            self.stride_w,
+            self.pad_top,
+            self.pad_left,
+        )
+    }
+
+    /// Direct scratch floats: every input channel's padded plane, plus slack for the rounded-up
+    /// column blocks.
+    fn direct_scratch_floats(&self) -> usize {
+        self.c_in * self.direct_plane().len() + DIRECT_SLACK
     }
 
     /// Whether Rows fills the micro-tiles (`MR` rows x `NR` columns) at least 1.5x better
@@ -1629,6 +1848,7 @@ impl ConvParams {
     pub fn prepared_len(&self) -> usize {
         match self.algorithm() {
             ConvAlgo::Rows => self.group * self.packed_group_len(),
+            ConvAlgo::Direct => self.c_out.div_ceil(DIRECT_MR) * DIRECT_MR * self.k_group(),
             _ => self.w_len(),
         }
     }
@@ -1651,12 +1871,13 @@ impl ConvParams {
         target.max(4 * NR).min(hw.div_ceil(NR) * NR)
     }
 
-    /// Bytes of scratch the kernel needs (0 unless the algorithm is im2col). Includes 64 bytes of
-    /// slack so that any 4-byte-aligned buffer works.
+    /// Bytes of scratch the kernel needs (0 unless the algorithm is Im2col, Rows or Direct).
+    /// Includes 64 bytes of slack so that any 4-byte-aligned buffer works.
     pub fn scratch_bytes(&self) -> usize {
         match self.algorithm() {
             ConvAlgo::Im2col => self.c_in * self.kh * self.kw * self.chunk_cols() * 4 + 64,
             ConvAlgo::Rows => self.rows_scratch_floats() * 4 + 64,
+            ConvAlgo::Direct => self.direct_scratch_floats() * 4 + 64,
             _ => 0,
         }
     }
@@ -1697,10 +1918,24 @@ fn out_extent(x: usize, k: usize, s: usize, d: usize, pb: usize, pe: usize) -> u
     }
 }
 
-/// The ONNX weight `[c_out, c_in/group, kh, kw]` in the layout [`conv`] reads (currently the
-/// same layout; see the module doc). The backend stores the result as 64-byte-aligned constant
+/// The ONNX weight `[c_out, c_in/group, kh, kw]` in the layout [`conv`] reads (the same layout
+/// except for Rows and Direct; see the module doc). The backend stores the result as 64-byte-aligned constant
 /// data. Panics if `w` is shorter than [`ConvParams::w_len`].
 pub fn conv_prepare_weights(p: &ConvParams, w: &[f32]) -> Vec<f32> {
+    if p.algorithm() == ConvAlgo::Direct {
+        // Blocks of DIRECT_MR output channels (the last zero-filled), each k-major:
+        // block b, tap k, lane r at (b * K + k) * DIRECT_MR + r holds w[b * DIRECT_MR + r][k].
+        let k = p.k_group();
+        let w = &w[..p.w_len()];
+        let mut out = vec![0.0f32; p.prepared_len()];
+        for (oc, row) in w.chunks_exact(k).enumerate() {
+            let (b, r) = (oc / DIRECT_MR, oc % DIRECT_MR);
+            for (ki, &v) in row.iter().enumerate() {
+                out[(b * k + ki) * DIRECT_MR + r] = v;
+            }
+        }
+        return out;
+    }
     if p.algorithm() != ConvAlgo::Rows {
         return w[..p.w_len()].to_vec();
     }
@@ -1783,6 +2018,11 @@ fn conv_impl(
         ConvAlgo::Rows => {
             let scratch = scratch_f32(scratch, p.rows_scratch_floats())?;
             rows_conv(p, x, w, bias, res, y, scratch, threads)
+        }
+        ConvAlgo::Direct => {
+            let scratch = scratch_f32(scratch, p.direct_scratch_floats())?;
+            direct_conv(p, x, w, bias, res, y, scratch, threads);
+            Ok(())
         }
     }
 }
@@ -2361,6 +2601,170 @@ fn fill_panel<const AVX: bool>(g: &Geo, xg: &[f32], col0: usize, ncols: usize, d
                 }
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Direct (implicit GEMM)
+// ---------------------------------------------------------------------------------------------
+
+/// Slack floats after Direct's padded planes: a column block reads up to 8 lanes past the last
+/// output column of its row.
+const DIRECT_SLACK: usize = 16;
+
+/// What the tasks of one image of [`direct_conv`] share.
+struct Direct<'a> {
+    c_out: usize,
+    oh: usize,
+    ow: usize,
+    /// Padded-plane floats between output rows (`stride_h` padded rows).
+    row_step: usize,
+    /// Every input channel's padded plane, then [`DIRECT_SLACK`].
+    pad: &'a [f32],
+    /// Offset in `pad` of tap `k = (ci, ky, kx)` for output `(0, 0)`.
+    offs: &'a [usize],
+    /// The prepared weight (blocks of [`DIRECT_MR`] channels, k-major).
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    /// A separate residual, this image's `c_out x oh*ow`.
+    res: Option<&'a [f32]>,
+    /// The residual is already in the output (added to it).
+    in_place: bool,
+    activation: Activation,
+}
+
+impl Direct<'_> {
+    /// Checks every access of the kernels for output rows `..oy1` once: loads of up to 8
+    /// floats past the last output column of the farthest tap of the last output row, the
+    /// prepared weight, bias, residual, and the `c_out * oh * ow` output floats.
+    fn check(&self, oy1: usize) {
+        let y_len = self.c_out * self.oh * self.ow;
+        let k = self.offs.len();
+        let max_off = self.offs.iter().copied().max().unwrap_or(0);
+        assert!(self.oh > 0 && self.ow > 0 && k > 0);
+        assert!((self.oh - 1) * self.row_step + max_off + self.ow + 8 <= self.pad.len());
+        assert!(self.w.len() >= self.c_out.div_ceil(DIRECT_MR) * DIRECT_MR * k);
+        assert!(self.bias.is_none_or(|b| b.len() >= self.c_out));
+        assert!(self.res.is_none_or(|r| r.len() >= y_len));
+        assert!(oy1 <= self.oh);
+    }
+
+    /// Output rows `oy0..oy1` of every channel into `y` (`c_out * oh * ow` floats), portable.
+    ///
+    /// # Safety
+    /// `y` points to `c_out * oh * ow` floats whose rows `oy0..oy1` (of every channel) no
+    /// other thread accesses.
+    unsafe fn rows_portable(&self, oy0: usize, oy1: usize, y: SharedOut) {
+        self.check(oy1);
+        let (ow, hw, k) = (self.ow, self.oh * self.ow, self.offs.len());
+        for oc in 0..self.c_out {
+            let (b, r) = (oc / DIRECT_MR, oc % DIRECT_MR);
+            let wb = &self.w[b * k * DIRECT_MR..(b + 1) * k * DIRECT_MR];
+            for oy in oy0..oy1 {
+                let at = oc * hw + oy * ow;
+                // SAFETY: row oy of channel oc lies inside the `c_out * oh * ow` floats at `y`
+                // (oc < c_out, oy < oy1 <= oh, checked above) and belongs to this task only
+                // (caller's contract).
+                let yrow = unsafe { std::slice::from_raw_parts_mut(y.0.add(at), ow) };
+                let base = oy * self.row_step;
+                for (ox, yv) in yrow.iter_mut().enumerate() {
+                    let mut s = 0.0f32;
+                    for (ki, &o) in self.offs.iter().enumerate() {
+                        s = fmadd::<false>(wb[ki * DIRECT_MR + r], self.pad[base + o + ox], s);
+                    }
+                    if let Some(bias) = self.bias {
+                        s += bias[oc];
+                    }
+                    if let Some(res) = self.res {
+                        s += res[at + ox];
+                    } else if self.in_place {
+                        s += *yv;
+                    }
+                    *yv = self.activation.apply(s);
+                }
+            }
+        }
+    }
+
+    /// [`Direct::rows_portable`] with the AVX2 kernel when the CPU has it.
+    ///
+    /// # Safety
+    /// As [`Direct::rows_portable`].
+    unsafe fn rows(&self, oy0: usize, oy1: usize, y: SharedOut) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above); the output contract is
+            // the caller's.
+            unsafe { simd::direct_rows(self, oy0, oy1, y) };
+            return;
+        }
+        // SAFETY: the caller's contract.
+        unsafe { self.rows_portable(oy0, oy1, y) };
+    }
+}
+
+/// The Direct algorithm (see the module doc): per image, every input channel is copied into a
+/// zero-padded [`PaddedPlane`] (column phases for stride 2), then the tasks (runs of output
+/// rows) compute their rows of every channel in register tiles of up to 6 channels x 16
+/// columns, reading B straight from the padded planes at per-tap offsets.
+#[allow(clippy::too_many_arguments)]
+fn direct_conv(
+    p: &ConvParams,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    res: Res<'_>,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    threads: usize,
+) {
+    let pp = p.direct_plane();
+    let plen = pp.len();
+    let (oh, ow) = (p.out_h(), p.out_w());
+    let hw = oh * ow;
+    let hw_in = p.h * p.w;
+    let mut offs = Vec::with_capacity(p.k_group());
+    for ci in 0..p.c_in {
+        for ky in 0..p.kh {
+            for kx in 0..p.kw {
+                offs.push(ci * plen + pp.tap(ky, kx));
+            }
+        }
+    }
+    let t = task_count(threads, 2 * p.c_out * p.k_group() * hw, 2 * MIN_TASK_WORK).min(oh);
+    let bounds = even_bounds(oh, t);
+    let pad = &mut scratch[..p.c_in * plen + DIRECT_SLACK];
+    // The padding never changes: zero once, then copy only the inputs' own positions.
+    pad.fill(0.0);
+    for ni in 0..p.n {
+        let x_img = &x[ni * p.c_in * hw_in..(ni + 1) * p.c_in * hw_in];
+        for (ci, xc) in x_img.chunks_exact(hw_in).enumerate() {
+            copy_in(&pp, xc, p.h, p.w, &mut pad[ci * plen..(ci + 1) * plen]);
+        }
+        let y_img = &mut y[ni * p.c_out * hw..(ni + 1) * p.c_out * hw];
+        let job = Direct {
+            c_out: p.c_out,
+            oh,
+            ow,
+            row_step: p.stride_h * pp.row_stride,
+            pad,
+            offs: &offs,
+            w,
+            bias,
+            res: match res {
+                Res::Separate(r) => Some(&r[ni * p.c_out * hw..(ni + 1) * p.c_out * hw]),
+                _ => None,
+            },
+            in_place: matches!(res, Res::InPlace),
+            activation: p.activation,
+        };
+        let out = SharedOut(y_img.as_mut_ptr());
+        run_parts((0..t).collect(), &|_, ti: usize| {
+            // SAFETY: `out` holds this image's `c_out * oh * ow` output floats (borrowed
+            // mutably for the whole parallel section) and task ti alone owns output rows
+            // bounds[ti]..bounds[ti + 1] (disjoint ranges of 0..oh).
+            unsafe { job.rows(bounds[ti], bounds[ti + 1], out) };
+        });
     }
 }
 
@@ -3131,6 +3535,10 @@ mod tests {
             (3, 3, 3, 28, 28, 3, 2, 1, 1),
             (2, 4, 2, 4, 16, 3, 1, 1, 1),
             (2, 2, 2, 9, 11, 4, 1, 1, 2),
+            // Direct: 6- and 4-channel blocks, 16- and 8-column tiles with tails, stride 2.
+            (8, 13, 1, 6, 27, 3, 1, 1, 1),
+            (5, 4, 1, 9, 12, 3, 2, 1, 1),
+            (7, 11, 1, 5, 9, 2, 1, 1, 0),
         ] {
             for (bias, res, act) in [
                 (false, false, Activation::Identity),
@@ -3144,7 +3552,7 @@ mod tests {
                 (p.group, p.has_bias, p.has_residual, p.activation) = (group, bias, res, act);
                 p.validate().unwrap();
                 let x = fill(p.x_len(), seed);
-                let wt = fill(p.w_len(), seed + 1);
+                let wt = conv_prepare_weights(&p, &fill(p.w_len(), seed + 1));
                 let b = fill(p.c_out, seed + 2);
                 let r = fill(p.y_len(), seed + 3);
                 both(p.y_len(), |y| {
