@@ -78,6 +78,27 @@ pub struct Found {
     pub evaluations: usize,
 }
 
+impl Found {
+    /// A report line: `"{what}: N candidates over G generations; output error on S
+    /// calibration sample(s) {uniform error} ({uniform}) → {found error}"`, and the
+    /// `search-evaluations` stat.
+    pub fn report(
+        &self,
+        report: &mut crate::PassReport,
+        what: &str,
+        generations: usize,
+        samples: usize,
+        uniform: &str,
+    ) {
+        report.note(format!(
+            "{what}: {} candidates over {generations} generations; output error on {samples} \
+             calibration sample(s) {:.4} ({uniform}) → {:.4}",
+            self.evaluations, self.uniform_fitness, self.fitness
+        ));
+        report.add_stat("search-evaluations", self.evaluations as u64);
+    }
+}
+
 fn removed_params(k: &[usize], per_unit: &[f64]) -> f64 {
     k.iter().zip(per_unit).map(|(&k, &p)| k as f64 * p).sum()
 }

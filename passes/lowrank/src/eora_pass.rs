@@ -845,16 +845,13 @@ impl Pass for Eora {
                     o.offspring,
                     &mut fitness,
                 )?;
-                report.note(format!(
-                    "allocate=evo: {} candidates over {} generations; output error on {} \
-                     calibration sample(s) {:.4} (uniform ranks) → {:.4}",
-                    found.evaluations,
+                found.report(
+                    &mut report,
+                    "allocate=evo",
                     o.generations,
                     scorer.samples(),
-                    found.uniform_fitness,
-                    found.fitness
-                ));
-                report.add_stat("search-evaluations", found.evaluations as u64);
+                    "uniform ranks",
+                );
                 ranks_of(&found.removed)
             }
         };
@@ -1014,6 +1011,19 @@ mod tests {
         num.sqrt()
     }
 
+    /// Runs `spec` on a copy of `dense` with `set` as calibration samples, one thread.
+    fn run_pipeline_on(
+        dense: &Graph,
+        set: &SampleSet,
+        spec: &str,
+    ) -> (Graph, pare_pass::PipelineReport) {
+        let reg = registry();
+        let mut g = dense.clone();
+        let mut cx = PassContext::new().with_threads(1).with_samples(set.clone());
+        let r = pare_pass::run_pipeline(&reg, spec, &mut g, &mut cx).expect("runs");
+        (g, r)
+    }
+
     fn registry() -> Registry {
         let mut reg = Registry::new();
         pare_quantize::register(&mut reg);
@@ -1058,13 +1068,7 @@ mod tests {
     #[test]
     fn corrections_lower_the_error_and_a_second_pass_lowers_it_again() {
         let (dense, set) = layer(24, 4);
-        let reg = registry();
-        let run = |spec: &str| {
-            let mut g = dense.clone();
-            let mut cx = PassContext::new().with_threads(1).with_samples(set.clone());
-            let r = pare_pass::run_pipeline(&reg, spec, &mut g, &mut cx).expect("runs");
-            (g, r)
-        };
+        let run = |spec: &str| run_pipeline_on(&dense, &set, spec);
         let q = "quantize(bits=4,group=16,min-elements=0)";
         let (g0, _) = run(q);
         let (g1, r1) = run(&format!("{q},eora(rank=1,min-elements=0)"));
@@ -1096,13 +1100,7 @@ mod tests {
     #[test]
     fn searched_allocation_keeps_the_budget_and_lowers_the_error() {
         let (dense, set) = layer(24, 4);
-        let reg = registry();
-        let run = |spec: &str| {
-            let mut g = dense.clone();
-            let mut cx = PassContext::new().with_threads(1).with_samples(set.clone());
-            let r = pare_pass::run_pipeline(&reg, spec, &mut g, &mut cx).expect("runs");
-            (g, r)
-        };
+        let run = |spec: &str| run_pipeline_on(&dense, &set, spec);
         let q = "quantize(bits=4,group=16,min-elements=0)";
         let (g0, _) = run(q);
         let (g1, r1) = run(&format!(

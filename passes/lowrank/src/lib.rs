@@ -482,16 +482,13 @@ fn search_ranks(
         o.offspring,
         &mut fitness,
     )?;
-    report.note(format!(
-        "rank search: {} candidates over {} generations; output error on {} calibration \
-         sample(s) {:.4} (the rule's ranks) → {:.4}",
-        found.evaluations,
+    found.report(
+        report,
+        "rank search",
         o.generations,
         scorer.samples(),
-        found.uniform_fitness,
-        found.fitness
-    ));
-    report.add_stat("search-evaluations", found.evaluations as u64);
+        "the rule's ranks",
+    );
     if let (Budget::Latency, Some(probe)) = (o.budget, probe.as_deref()) {
         let (uniform, searched) = (build(&start), build(&found.removed));
         let note = search::latency_note(probe, g, &uniform, &searched, "the rule's ranks")

@@ -1005,12 +1005,13 @@ fn search_allocation(
         &mut fitness,
         progress,
     )?;
-    report.note(format!(
-        "allocation search ({:?} budget): {} candidates over {} generations; output error on \
-         {n} calibration sample(s) {:.4} (uniform allocation) → {:.4}",
-        o.budget, found.evaluations, o.generations, found.uniform_fitness, found.fitness
-    ));
-    report.add_stat("search-evaluations", found.evaluations as u64);
+    found.report(
+        report,
+        &format!("allocation search ({:?} budget)", o.budget),
+        o.generations,
+        n,
+        "uniform allocation",
+    );
     let removed = to_removed(&found.removed);
     if let (Budget::Latency, Some(probe)) = (o.budget, probe) {
         let (uniform, searched) = (build(&start)?, build(&removed)?);
