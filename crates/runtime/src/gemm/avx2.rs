@@ -32,15 +32,10 @@ pub(crate) unsafe fn macro_kernel(blk: &super::Block<'_>) {
 mod imp {
     use core::arch::x86_64::*;
 
-    use super::super::epilogue::{Activation, Bias};
+    use super::super::epilogue::Bias;
     use super::super::{ASrc, Block, MR, NR};
 
-    /// 16 all-ones lanes then 16 zero lanes: `MASKS[16-n..]` loaded as two vectors masks the
-    /// first `n` of 16 columns.
-    static MASKS: [i32; 32] = [
-        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 0, 0, 0, 0,
-    ];
+    use crate::gemm::epilogue::avx2::{act, MASKS};
 
     /// Packs one full 6-row panel of a row-major A (`rows[i]`, each of length kc) into `dst`
     /// (at least `6*kc + 2` floats): 8x8 transposes (rows 6 and 7 zero) of 8 columns at a time,
@@ -281,7 +276,6 @@ mod imp {
             let alpha = _mm256_set1_ps(blk.alpha);
             let beta = _mm256_set1_ps(blk.beta);
             let j0 = blk.j0 + jr;
-            let zero = _mm256_setzero_ps();
             for (ii, row) in acc.iter().enumerate() {
                 let i = blk.i0 + ir + ii;
                 let cp = blk.c.0.add(i * blk.ldc + j0);
@@ -312,47 +306,10 @@ mod imp {
                             *x = _mm256_add_ps(*x, load(rp, h));
                         }
                     }
-                    match epi.activation {
-                        Activation::Relu => {
-                            // max(0, x) returns x when x is NaN (second operand), like the
-                            // scalar path.
-                            for x in v.iter_mut() {
-                                *x = _mm256_max_ps(zero, *x);
-                            }
+                    if epi.activation.is_simple() {
+                        for x in v.iter_mut() {
+                            *x = act(*x, epi.activation);
                         }
-                        Activation::Clamp { min, max } => {
-                            let lo = _mm256_set1_ps(min);
-                            let hi = _mm256_set1_ps(max);
-                            for x in v.iter_mut() {
-                                *x = _mm256_min_ps(hi, _mm256_max_ps(lo, *x));
-                            }
-                        }
-                        Activation::LeakyRelu { alpha } => {
-                            let s = _mm256_set1_ps(alpha);
-                            for x in v.iter_mut() {
-                                let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(*x, zero);
-                                *x = _mm256_blendv_ps(*x, _mm256_mul_ps(*x, s), neg);
-                            }
-                        }
-                        Activation::HardSigmoid { alpha, beta } => {
-                            let (a, b) = (_mm256_set1_ps(alpha), _mm256_set1_ps(beta));
-                            let one = _mm256_set1_ps(1.0);
-                            for x in v.iter_mut() {
-                                // The value is the second operand of max/min: NaN stays NaN.
-                                let h = _mm256_fmadd_ps(*x, a, b);
-                                *x = _mm256_min_ps(one, _mm256_max_ps(zero, h));
-                            }
-                        }
-                        Activation::HardSwish => {
-                            let (a, b) = (_mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
-                            let one = _mm256_set1_ps(1.0);
-                            for x in v.iter_mut() {
-                                let h = _mm256_fmadd_ps(*x, a, b);
-                                let h = _mm256_min_ps(one, _mm256_max_ps(zero, h));
-                                *x = _mm256_mul_ps(*x, h);
-                            }
-                        }
-                        _ => {}
                     }
                 }
                 if full {

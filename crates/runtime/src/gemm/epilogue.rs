@@ -106,10 +106,25 @@ impl Activation {
         }
     }
 
-    /// Applies the activation to every element of `xs`. Inlined into the caller so that it is
+    /// Applies the activation to every element of `xs`: the [`avx2`] vector form where the
+    /// CPU has it and the activation is [`Activation::is_simple`], else the scalar functions.
+    /// Inlined into the caller so that the scalar functions (Sigmoid, Tanh, Gelu) are
     /// vectorized with the caller's target features.
     #[inline(always)]
     pub(crate) fn apply_slice(&self, xs: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if self.is_simple() && avx2::available() {
+            // SAFETY: AVX2 and FMA were detected on this CPU.
+            unsafe { avx2::act_slice(xs, *self) };
+            return;
+        }
+        self.apply_slice_scalar(xs);
+    }
+
+    /// [`Activation::apply_slice`] without the vector path (the reference the vector forms are
+    /// tested against, and the path of the activations that have no vector form).
+    #[inline(always)]
+    pub(crate) fn apply_slice_scalar(&self, xs: &mut [f32]) {
         match *self {
             Activation::Identity => {}
             Activation::Relu => xs.iter_mut().for_each(|x| *x = relu(*x)),
@@ -129,6 +144,115 @@ impl Activation {
             Activation::HardSwish => xs
                 .iter_mut()
                 .for_each(|x| *x *= hard_sigmoid(*x, 1.0 / 6.0, 0.5)),
+        }
+    }
+}
+
+/// AVX2 forms of the activations, shared by the f32 GEMM, the int8 GEMM and the convolution
+/// kernels: [`act`](avx2::act) on one register in a kernel's epilogue, and
+/// [`act_slice`](avx2::act_slice) over a stored row. They are NaN-preserving like the scalar
+/// functions (`min`/`max` return their second operand when either is NaN, so the value goes
+/// second) and use one FMA where the scalar HardSigmoid/HardSwish multiply and add (a
+/// difference of at most one rounding).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::Activation;
+    use core::arch::x86_64::*;
+
+    /// 16 all-ones lanes then 16 zero lanes: `MASKS[16-n..][..8]` and `MASKS[24-n..][..8]`
+    /// mask the first `n` of 16 lanes.
+    pub(crate) static MASKS: [i32; 32] = [
+        -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 0, 0,
+    ];
+
+    /// Whether this CPU runs [`act`] and [`act_slice`] (AVX2 and FMA; cached by std).
+    #[inline(always)]
+    pub(crate) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+    }
+
+    /// `act` of the 8 lanes of `a`. The [`Activation::is_simple`] ones are a few vector
+    /// operations; the others go through the scalar functions lane by lane.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA (the caller is compiled with them).
+    #[inline(always)]
+    pub(crate) unsafe fn act(a: __m256, act: Activation) -> __m256 {
+        // SAFETY: AVX2/FMA by the contract; `t` holds 8 floats.
+        unsafe {
+            let zero = _mm256_setzero_ps();
+            match act {
+                Activation::Identity => a,
+                // max(0, a) returns a when a is NaN.
+                Activation::Relu => _mm256_max_ps(zero, a),
+                Activation::Clamp { min, max } => {
+                    _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), a))
+                }
+                Activation::LeakyRelu { alpha } => {
+                    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(a, zero);
+                    _mm256_blendv_ps(a, _mm256_mul_ps(a, _mm256_set1_ps(alpha)), neg)
+                }
+                Activation::HardSigmoid { alpha, beta } => {
+                    let h = _mm256_fmadd_ps(a, _mm256_set1_ps(alpha), _mm256_set1_ps(beta));
+                    _mm256_min_ps(_mm256_set1_ps(1.0), _mm256_max_ps(zero, h))
+                }
+                Activation::HardSwish => {
+                    let h = _mm256_fmadd_ps(a, _mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
+                    let h = _mm256_min_ps(_mm256_set1_ps(1.0), _mm256_max_ps(zero, h));
+                    _mm256_mul_ps(a, h)
+                }
+                other => {
+                    let mut t = [0.0f32; 8];
+                    _mm256_storeu_ps(t.as_mut_ptr(), a);
+                    other.apply_slice_scalar(&mut t);
+                    _mm256_loadu_ps(t.as_ptr())
+                }
+            }
+        }
+    }
+
+    /// Applies `activation` to `v` in place, as [`act`] does: 8 lanes at a time, the tail
+    /// masked, the activation's dispatch outside the loop; the activations without a vector
+    /// form run the scalar loop.
+    ///
+    /// # Safety
+    /// The CPU supports AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn act_slice(v: &mut [f32], activation: Activation) {
+        macro_rules! each {
+            ($a:expr) => {{
+                let a = $a;
+                let n = v.len();
+                let p = v.as_mut_ptr();
+                let mut i = 0;
+                while i + 8 <= n {
+                    // SAFETY: AVX2 by contract; floats i..i + 8 <= n of `v`.
+                    unsafe { _mm256_storeu_ps(p.add(i), act(_mm256_loadu_ps(p.add(i)), a)) };
+                    i += 8;
+                }
+                if i < n {
+                    // SAFETY: AVX2 by contract; the mask (from MASKS[16 - k..24 - k], in
+                    // bounds) has k = n - i < 8 leading ones: only floats i..n are touched.
+                    unsafe {
+                        let m =
+                            _mm256_loadu_si256(MASKS.as_ptr().add(16 - (n - i)) as *const __m256i);
+                        let x = act(_mm256_maskload_ps(p.add(i), m), a);
+                        _mm256_maskstore_ps(p.add(i), m, x);
+                    }
+                }
+            }};
+        }
+        match activation {
+            Activation::Identity => {}
+            Activation::Relu => each!(Activation::Relu),
+            Activation::Clamp { min, max } => each!(Activation::Clamp { min, max }),
+            Activation::LeakyRelu { alpha } => each!(Activation::LeakyRelu { alpha }),
+            Activation::HardSigmoid { alpha, beta } => {
+                each!(Activation::HardSigmoid { alpha, beta })
+            }
+            Activation::HardSwish => each!(Activation::HardSwish),
+            other => other.apply_slice_scalar(v),
         }
     }
 }
@@ -292,6 +416,50 @@ mod tests {
             worst = worst.max(err);
         }
         worst
+    }
+
+    /// The AVX2 forms agree with the scalar functions (to the one rounding the FMA saves),
+    /// keep NaN, and touch only the slice (every tail length).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_activations_match_the_scalar_ones() {
+        if !avx2::available() {
+            return;
+        }
+        let acts = [
+            Activation::Relu,
+            Activation::Clamp {
+                min: -0.5,
+                max: 6.0,
+            },
+            Activation::LeakyRelu { alpha: 0.1 },
+            Activation::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            },
+            Activation::HardSwish,
+            Activation::Sigmoid,
+        ];
+        for act in acts {
+            for n in 0..27 {
+                let mut xs: Vec<f32> = (0..n + 3).map(|i| (i as f32 - 9.0) * 0.77).collect();
+                if n > 4 {
+                    xs[4] = f32::NAN;
+                }
+                let mut want = xs.clone();
+                act.apply_slice_scalar(&mut want[..n]);
+                let mut got = xs.clone();
+                // SAFETY: AVX2 and FMA were detected above.
+                unsafe { avx2::act_slice(&mut got[..n], act) };
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g.is_nan() && w.is_nan()) || (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                        "{act:?} n={n} [{i}]: {g} vs {w}"
+                    );
+                }
+                assert_eq!(got[n..], xs[n..], "{act:?} n={n}: past the slice");
+            }
+        }
     }
 
     #[test]

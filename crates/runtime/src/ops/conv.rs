@@ -685,6 +685,7 @@ pub(crate) mod simd {
     use std::arch::x86_64::*;
 
     use super::{Direct, PaddedPlane, Seg, SegRes, SharedOut, DIRECT_MR, MASKS};
+    use crate::gemm::epilogue::avx2::{act, act_slice};
     use crate::Activation;
 
     /// Checks every access the kernels make: loads of 8 floats at `seg.src + off` (`off <=
@@ -696,43 +697,6 @@ pub(crate) mod simd {
         }
         if let SegRes::Separate(r) = res {
             assert!(r.len() >= y_len);
-        }
-    }
-
-    /// The activation of a vector (NaN-preserving like the GEMM epilogue).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[inline(always)]
-    unsafe fn act(a: __m256, act: Activation) -> __m256 {
-        // SAFETY: AVX2 by the caller's contract; `t` holds 8 floats.
-        unsafe {
-            match act {
-                Activation::Identity => a,
-                // max(0, a) returns a when a is NaN.
-                Activation::Relu => _mm256_max_ps(_mm256_setzero_ps(), a),
-                Activation::Clamp { min, max } => {
-                    _mm256_min_ps(_mm256_set1_ps(max), _mm256_max_ps(_mm256_set1_ps(min), a))
-                }
-                Activation::LeakyRelu { alpha } => {
-                    let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(a, _mm256_setzero_ps());
-                    _mm256_blendv_ps(a, _mm256_mul_ps(a, _mm256_set1_ps(alpha)), neg)
-                }
-                Activation::HardSwish => {
-                    // min/max return their second operand for NaN: keep NaN by putting the
-                    // value second.
-                    let h = _mm256_fmadd_ps(a, _mm256_set1_ps(1.0 / 6.0), _mm256_set1_ps(0.5));
-                    let h = _mm256_max_ps(_mm256_setzero_ps(), h);
-                    let h = _mm256_min_ps(_mm256_set1_ps(1.0), h);
-                    _mm256_mul_ps(a, h)
-                }
-                other => {
-                    let mut t = [0.0f32; 8];
-                    _mm256_storeu_ps(t.as_mut_ptr(), a);
-                    other.apply_slice(&mut t);
-                    _mm256_loadu_ps(t.as_ptr())
-                }
-            }
         }
     }
 
@@ -1327,48 +1291,6 @@ pub(crate) mod simd {
                     ox += lanes;
                 }
             }
-        }
-    }
-
-    /// Applies `activation` to `v` in place, as [`act`] does (8 lanes at a time, the tail
-    /// masked; activations without a vector form through `apply_slice`), with
-    /// the activation's dispatch outside the loop.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn act_slice(v: &mut [f32], activation: Activation) {
-        macro_rules! each {
-            ($a:expr) => {{
-                let a = $a;
-                let n = v.len();
-                let p = v.as_mut_ptr();
-                let mut i = 0;
-                while i + 8 <= n {
-                    // SAFETY: AVX2 by contract; floats i..i + 8 <= n of `v`.
-                    unsafe { _mm256_storeu_ps(p.add(i), act(_mm256_loadu_ps(p.add(i)), a)) };
-                    i += 8;
-                }
-                if i < n {
-                    // SAFETY: AVX2 by contract; the mask (from MASKS[16 - k..24 - k], in
-                    // bounds) has k = n - i < 8 leading ones: only floats i..n are touched.
-                    unsafe {
-                        let m =
-                            _mm256_loadu_si256(MASKS.as_ptr().add(16 - (n - i)) as *const __m256i);
-                        let x = act(_mm256_maskload_ps(p.add(i), m), a);
-                        _mm256_maskstore_ps(p.add(i), m, x);
-                    }
-                }
-            }};
-        }
-        match activation {
-            Activation::Identity => {}
-            Activation::Relu => each!(Activation::Relu),
-            Activation::Clamp { min, max } => each!(Activation::Clamp { min, max }),
-            Activation::LeakyRelu { alpha } => each!(Activation::LeakyRelu { alpha }),
-            Activation::HardSwish => each!(Activation::HardSwish),
-            // Elementwise like `act`'s own fallback for these.
-            other => other.apply_slice(v),
         }
     }
 
@@ -2426,13 +2348,8 @@ unsafe fn fill_panel_avx2(g: &Geo, xg: &[f32], col0: usize, ncols: usize, dst: &
     fill_panel::<true>(g, xg, col0, ncols, dst);
 }
 
-/// 16 all-ones lanes then 16 zero lanes: `MASKS[16-n..][..8]` and `MASKS[24-n..][..8]` mask
-/// the first `n` of 16 lanes.
 #[cfg(target_arch = "x86_64")]
-static MASKS: [i32; 32] = [
-    -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0,
-];
+use crate::gemm::epilogue::avx2::MASKS;
 
 /// `row[lane..lane + len].copy_from_slice(s)` (or `.fill(0)` without `s`) in one 16-float
 /// panel row. With `AVX` (the caller is compiled with AVX2) as vector moves instead of a libc

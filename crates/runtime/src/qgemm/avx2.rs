@@ -32,7 +32,7 @@ mod imp {
 
     use super::super::{finish_row_scalar, ALayout, OutPtr, QBlock, QbFormat, QMR, QNR};
     use super::EO_MR;
-    use crate::Activation;
+    use crate::gemm::epilogue::avx2::act;
 
     /// k-steps (64-byte B rows) between a B load and its prefetch, as in the f32 kernel.
     const B_PREFETCH: usize = 24;
@@ -229,7 +229,6 @@ mod imp {
                         }
                         None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
                     };
-                    let zero = _mm256_setzero_ps();
                     for (ii, row) in acc.iter().enumerate() {
                         let i = i0 + ii;
                         let za = _mm256_set1_epi32(job.a_zero[i] as i32);
@@ -243,26 +242,14 @@ mod imp {
                             y0 = _mm256_add_ps(y0, bias0);
                             y1 = _mm256_add_ps(y1, bias1);
                         }
-                        match job.activation {
-                            Activation::Relu => {
-                                // max(0, x) returns x when x is NaN, like the scalar path.
-                                y0 = _mm256_max_ps(zero, y0);
-                                y1 = _mm256_max_ps(zero, y1);
-                            }
-                            Activation::Clamp { min, max } => {
-                                let (lo, hi) = (_mm256_set1_ps(min), _mm256_set1_ps(max));
-                                y0 = _mm256_min_ps(hi, _mm256_max_ps(lo, y0));
-                                y1 = _mm256_min_ps(hi, _mm256_max_ps(lo, y1));
-                            }
-                            _ => {}
+                        if job.activation.is_simple() {
+                            y0 = act(y0, job.activation);
+                            y1 = act(y1, job.activation);
                         }
                         let cp = c.add(i * job.ldc + j0);
                         _mm256_storeu_ps(cp, y0);
                         _mm256_storeu_ps(cp.add(8), y1);
-                        if !matches!(
-                            job.activation,
-                            Activation::Identity | Activation::Relu | Activation::Clamp { .. }
-                        ) {
+                        if !job.activation.is_simple() {
                             let out = std::slice::from_raw_parts_mut(cp, QNR);
                             job.activation.apply_slice(out);
                         }
