@@ -80,6 +80,14 @@
 //! single-image calibration samples do not carry the refinement's gain (0.531 → 0.462 on
 //! them) to held-out images.
 //!
+//! **Accuracy control** (`max-error=E`): after the
+//! quantization, while the end-to-end relative L2 error of the float outputs on the
+//! `search-samples` samples exceeds `E`, QDQ layers are restored to f32 (weight and activation
+//! Q/DQ), in the order of the error each leaves when restored alone, each kept only if it lowers
+//! the error; the report lists them and says whether the bound was reached. The bound holds for
+//! the scoring samples, not necessarily for other inputs (measured on ocr-det in
+//! docs/passes.md). Not combinable with `budget-bits`.
+//!
 //! **Activations** (`weights-only=false`, the default for `bits=8` per-channel QDQ; see
 //! [`act`] and [`search`]):
 //! - **static int8** when calibration samples are given (`--calib`; `activations=static`
@@ -251,8 +259,15 @@ pub fn register(reg: &mut Registry) {
             "search-samples",
             "int",
             "4",
-            "budget-bits: samples scoring sensitivities and allocations (0: all of --calib; \
-             without --calib, generated inputs)",
+            "budget-bits, max-error: samples scoring sensitivities and allocations (0: all of \
+             --calib; without --calib, generated inputs)",
+        )
+        .option(
+            "max-error",
+            "float",
+            "none",
+            "accuracy control: restore the layers whose quantization costs the most to f32 until \
+             the model's end-to-end relative L2 error on the samples is at most this",
         ),
         |opts| Ok(Box::new(Quantize::new(opts.parse()?)?)),
     );

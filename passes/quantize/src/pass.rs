@@ -58,9 +58,13 @@ pub struct QuantizeOptions {
     pub generations: i64,
     /// `budget-bits`: mutants scored per generation.
     pub offspring: i64,
-    /// `budget-bits`: samples that score sensitivities and allocations (0: all calibration
-    /// samples; without `--calib`, this many generated inputs, 4 when 0).
+    /// `budget-bits` and `max-error`: samples that score sensitivities and allocations (0: all
+    /// calibration samples; without `--calib`, this many generated inputs, 4 when 0).
     pub search_samples: i64,
+    /// Accuracy control: the largest end-to-end relative L2 error of the float outputs on the
+    /// `search-samples` samples; the layers whose quantization costs the most are restored to
+    /// f32, most harmful first, until the error is at most this (the crate doc says how).
+    pub max_error: Option<f64>,
 }
 
 /// The default static range rule: measured best on held-out inputs of the five real models in
@@ -86,6 +90,7 @@ impl Default for QuantizeOptions {
             generations: 8,
             offspring: 2,
             search_samples: 4,
+            max_error: None,
         }
     }
 }
@@ -161,6 +166,8 @@ pub struct Config {
     /// Mixed precision under a size budget; `None` = every layer at `scheme`. When set,
     /// `scheme` is the cheapest level (4 bits, `group`).
     pub budget: Option<Budget>,
+    /// Accuracy control (`max-error`): the error bound and the samples scoring it (0: all).
+    pub max_error: Option<(f64, usize)>,
 }
 
 /// `budget-bits` settings (validated).
@@ -233,7 +240,24 @@ impl QuantizeOptions {
             return Err(opt_err(format!("damp must be ≥ 0, not {}", self.damp)));
         }
         let activations = self.act_config(bits, group, format)?;
+        let max_error = match self.max_error {
+            None => None,
+            Some(e) if e.is_finite() && e > 0.0 => {
+                Some((e, usize::try_from(self.search_samples.max(0)).unwrap_or(0)))
+            }
+            Some(e) => {
+                return Err(opt_err(format!(
+                    "max-error is a relative L2 error of the model's outputs and must be > 0,                      not {e}"
+                )))
+            }
+        };
+        if max_error.is_some() && budget.is_some() {
+            return Err(opt_err(
+                "max-error and budget-bits both choose which layers stay f32; give one",
+            ));
+        }
         Ok(Config {
+            max_error,
             activations,
             scheme: Scheme {
                 bits,
@@ -1135,6 +1159,8 @@ impl Pass for Quantize {
         };
         // Shapes help the MatMulNBits rank check; failures leave types as they are.
         let _ = pare_ir::infer::infer_types(g);
+        // max-error: the dense graph is the reference and where restored weights come from.
+        let dense = cfg.max_error.map(|_| g.clone());
         let order = g
             .topo_order()
             .map_err(|e| PassError::failed(NAME, e.to_string()))?;
@@ -1173,6 +1199,8 @@ impl Pass for Quantize {
         let mut act_readers: Vec<(ValueId, NodeId)> = Vec::new();
         let mut dyn_shared: HashMap<ValueId, DynQuant> = HashMap::new();
         let mut dynamic_layers = 0u64;
+        // Per quantized layer: its stats, and what max-error needs to restore it (QDQ only).
+        let mut layers: Vec<(Option<Restorable>, [u64; 3])> = Vec::new();
         let pb = cx.progress_bar(order.len() as u64, "quantizing");
         for node in order {
             pb.inc(1);
@@ -1209,6 +1237,12 @@ impl Pass for Quantize {
             };
             let mut detail = done.detail;
             let mut format = "qdq";
+            let restorable = Restorable {
+                node,
+                name: name.clone(),
+                x: g.node(node).input(0),
+                w: t.weight,
+            };
             let linear = matches!(t.layout, Layout::Kn | Layout::Nk);
             if cfg.format == Format::MatMulNBits && linear {
                 match self.emit_nbits(g, &t, &done.q) {
@@ -1253,6 +1287,10 @@ impl Pass for Quantize {
             }
             let before = 4 * t.n * t.k;
             let after = done.q.stored_bytes();
+            layers.push((
+                (format == "qdq").then_some(restorable),
+                [before as u64, after as u64, (t.n * t.k) as u64],
+            ));
             let wrel = rel_error(&done.q.dequantize(), &t.w);
             let s = done.q.scheme;
             let mut line = format!(
@@ -1274,11 +1312,6 @@ impl Pass for Quantize {
                 line.push_str(&format!(" [{}]", detail.trim_end_matches("; ")));
             }
             report.note(line);
-            report.add_stat("layers-quantized", 1);
-            report.add_stat("weight-bytes-before", before as u64);
-            report.add_stat("weight-bytes-after", after as u64);
-            report.add_stat("params-quantized", (t.n * t.k) as u64);
-            quantized += 1;
         }
         pb.finish_and_clear();
         let mut activations = 0u64;
@@ -1303,6 +1336,24 @@ impl Pass for Quantize {
                 ));
                 report.add_stat("layers-dynamic", dynamic_layers);
             }
+        }
+        let mut restored: Vec<NodeId> = Vec::new();
+        if let (Some((bound, samples)), Some(dense)) = (cfg.max_error, dense.as_ref()) {
+            let cands: Vec<&Restorable> = layers.iter().filter_map(|(r, _)| r.as_ref()).collect();
+            let before = count_act_qdq(g);
+            restored = self.control(g, dense, cx, &cands, bound, samples, &mut report)?;
+            activations = activations.saturating_sub((before - count_act_qdq(g)) as u64);
+        }
+        for (r, [before, after, params]) in &layers {
+            if r.as_ref().is_some_and(|r| restored.contains(&r.node)) {
+                report.add_stat("layers-kept-f32", 1);
+                continue;
+            }
+            report.add_stat("layers-quantized", 1);
+            report.add_stat("weight-bytes-before", *before);
+            report.add_stat("weight-bytes-after", *after);
+            report.add_stat("params-quantized", *params);
+            quantized += 1;
         }
         if activations > 0 {
             report.add_stat("activations-quantized", activations);
@@ -1450,6 +1501,186 @@ impl Quantize {
     }
 }
 
+/// The samples that score end-to-end errors (`budget-bits`, `max-error`): the first `n` of the
+/// calibration samples (all when `n` is 0), or without `--calib` `n` generated inputs (4 when
+/// 0); with a phrase naming them for the report.
+fn score_inputs(
+    g: &Graph,
+    cx: &PassContext,
+    n: usize,
+) -> Result<(Vec<Vec<Tensor>>, String), String> {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    match cx.samples() {
+        Some(set) if !set.is_empty() => {
+            let n = if n == 0 { set.len() } else { n.min(set.len()) };
+            let xs = set.samples[..n].iter().map(|s| s.inputs.clone()).collect();
+            Ok((xs, format!("{n} calibration sample{}", plural(n))))
+        }
+        _ => {
+            let n = if n == 0 { 4 } else { n };
+            let xs =
+                mixed::generated_inputs(g, n, cx.seed() ^ 0x6d69_7865_6462_6974).map_err(|m| {
+                    format!("cannot generate inputs ({m}); give calibration samples with --calib")
+                })?;
+            Ok((xs, format!("{n} generated input{} (no --calib)", plural(n))))
+        }
+    }
+}
+
+/// A QDQ-quantized layer that `max-error` may restore: the node, its original activation
+/// operand and its original f32 weight (a tombstone in the quantized graph unless shared).
+struct Restorable {
+    node: NodeId,
+    name: String,
+    x: Option<ValueId>,
+    w: ValueId,
+}
+
+/// Activation `QuantizeLinear` nodes in `g` (weights are stored as codes, not quantized).
+fn count_act_qdq(g: &Graph) -> usize {
+    g.node_ids()
+        .filter(|&n| matches!(g.node(n).op, Op::QuantizeLinear(_)))
+        .count()
+}
+
+/// Removes the node producing `v` if nothing reads `v` any more, then likewise its inputs
+/// (constants included), so that a restored layer's DequantizeLinear / QuantizeLinear chain
+/// (and AWQ's Mul) goes away without touching anything still read.
+fn remove_dead_chain(g: &mut Graph, v: ValueId) {
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        if !g.uses(v).is_empty() {
+            continue;
+        }
+        if g.constant(v).is_some() {
+            g.remove_const(v);
+            continue;
+        }
+        let Some(p) = g.producer(v) else {
+            continue;
+        };
+        if g.node(p).outputs().iter().any(|&o| !g.uses(o).is_empty()) {
+            continue;
+        }
+        let inputs: Vec<ValueId> = g.node(p).inputs().iter().flatten().copied().collect();
+        g.remove_node(p);
+        stack.extend(inputs);
+    }
+}
+
+/// Puts layer `l` of the quantized `g` back on its f32 weight (from `dense` when the
+/// quantization removed it) and its unquantized activation, and removes what fed the
+/// quantized operands.
+fn restore(g: &mut Graph, dense: &Graph, l: &Restorable) -> Result<(), String> {
+    let old = [g.node(l.node).input(1), g.node(l.node).input(0)];
+    let w = if g.constant(l.w).is_some() {
+        l.w
+    } else {
+        let t = dense
+            .constant(l.w)
+            .ok_or_else(|| format!("'{}': its f32 weight is not a constant", l.name))?;
+        g.add_const(dense.value(l.w).name.clone(), t.clone())
+    };
+    g.set_operand(l.node, 1, Some(w));
+    if l.x.is_some() {
+        g.set_operand(l.node, 0, l.x);
+    }
+    for v in old.into_iter().flatten() {
+        if Some(v) != l.x && v != w {
+            remove_dead_chain(g, v);
+        }
+    }
+    Ok(())
+}
+
+impl Quantize {
+    /// Accuracy control (`max-error=E`, after NNCF's accuracy-aware quantization): measures the
+    /// end-to-end relative L2 error `‖y − ŷ‖/‖y‖` of the quantized model's float outputs on the
+    /// scoring samples; while it exceeds `E`, restores QDQ layers to f32 (weight and activation)
+    /// in the order of the error each alone leaves when restored (smallest first), keeping a
+    /// restoration only if it lowers the error. Returns the restored nodes. Costs `1 + layers +
+    /// restorations tried` interpreter runs per sample. Without a layer to restore, or when
+    /// every restoration is spent, the result is reported with its error, not refused.
+    #[allow(clippy::too_many_arguments)]
+    fn control(
+        &self,
+        g: &mut Graph,
+        dense: &Graph,
+        cx: &PassContext,
+        layers: &[&Restorable],
+        bound: f64,
+        samples: usize,
+        report: &mut PassReport,
+    ) -> Result<Vec<NodeId>, PassError> {
+        let fail = |m: String| PassError::failed(NAME, format!("max-error: {m}"));
+        let interp = cx.interpreter();
+        let (inputs, source) = score_inputs(dense, cx, samples).map_err(fail)?;
+        let reference: Vec<Vec<Vec<f64>>> = inputs
+            .iter()
+            .map(|x| interp.run(dense, x).map(|o| mixed::float_outputs(&o)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(format!("the dense model on the samples: {e}")))?;
+        let err = |h: &Graph| {
+            mixed::output_error(&interp, h, &inputs, &reference)
+                .map(|e| e.max(0.0).sqrt())
+                .map_err(fail)
+        };
+        let start = err(g)?;
+        if start <= bound {
+            report.note(format!(
+                "max-error={bound}: the quantized model's relative error on {source} is \
+                 {start:.3e}, within the bound; no layer restored"
+            ));
+            return Ok(Vec::new());
+        }
+        let pb = cx.progress_bar(layers.len() as u64, "max-error");
+        let mut alone: Vec<(usize, f64)> = Vec::with_capacity(layers.len());
+        for (i, l) in layers.iter().enumerate() {
+            pb.inc(1);
+            let mut h = g.clone();
+            restore(&mut h, dense, l).map_err(fail)?;
+            alone.push((i, err(&h)?));
+        }
+        pb.finish_and_clear();
+        alone.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let mut current = start;
+        let mut restored = Vec::new();
+        let mut tried = 0usize;
+        for &(i, e_alone) in &alone {
+            if current <= bound {
+                break;
+            }
+            tried += 1;
+            let mut h = g.clone();
+            restore(&mut h, dense, layers[i]).map_err(fail)?;
+            let e = err(&h)?;
+            if e < current {
+                *g = h;
+                report.note(format!(
+                    "max-error: '{}' restored to f32: error {current:.3e} → {e:.3e} (alone \
+                     {e_alone:.3e})",
+                    layers[i].name
+                ));
+                current = e;
+                restored.push(layers[i].node);
+            }
+        }
+        let met = if current <= bound {
+            "within the bound"
+        } else {
+            "still above the bound: every layer that lowered it is restored"
+        };
+        report.note(format!(
+            "max-error={bound}: relative error on {source} {start:.3e} → {current:.3e} ({met}); \
+             {} of {} quantized layers restored to f32 ({tried} tried, {} scored alone)",
+            restored.len(),
+            layers.len(),
+            alone.len(),
+        ));
+        Ok(restored)
+    }
+}
+
 /// One layer of a `budget-bits` plan: the weight at each quantized level.
 struct Candidate {
     node: NodeId,
@@ -1571,30 +1802,7 @@ impl Quantize {
         }
         // Samples and the dense reference.
         let interp = cx.interpreter();
-        let (inputs, source): (Vec<Vec<Tensor>>, String) = match cx.samples() {
-            Some(set) if !set.is_empty() => {
-                let n = if b.samples == 0 {
-                    set.len()
-                } else {
-                    b.samples.min(set.len())
-                };
-                let xs = set.samples[..n].iter().map(|s| s.inputs.clone()).collect();
-                let s = if n == 1 { "" } else { "s" };
-                (xs, format!("{n} calibration sample{s}"))
-            }
-            _ => {
-                let n = if b.samples == 0 { 4 } else { b.samples };
-                let xs = mixed::generated_inputs(g, n, cx.seed() ^ 0x6d69_7865_6462_6974).map_err(
-                    |m| {
-                        fail(format!(
-                            "cannot generate inputs ({m}); give calibration samples with --calib"
-                        ))
-                    },
-                )?;
-                let s = if n == 1 { "" } else { "s" };
-                (xs, format!("{n} generated input{s} (no --calib)"))
-            }
-        };
+        let (inputs, source) = score_inputs(g, cx, b.samples).map_err(fail)?;
         let reference: Vec<Vec<Vec<f64>>> = inputs
             .iter()
             .map(|x| interp.run(g, x).map(|o| mixed::float_outputs(&o)))

@@ -33,9 +33,14 @@ fn root() -> PathBuf {
 fn registry() -> pare_pass::Registry {
     let mut reg = pare_pass::Registry::new();
     pare_canonicalize::register(&mut reg);
+    pare_fuse::register(&mut reg);
     pare_quantize::register(&mut reg);
     reg
 }
+
+/// The steps of the `canonicalize` pipeline (kept in sync with `pare_passes::CANONICALIZE`).
+const CANONICALIZE: &str = "fold-constants,fold-if,fold-shapes,dce,cse,fold-batchnorm,fuse-gemm,\
+fuse-layernorm,fuse-gelu,fuse-attention,simplify-layout,dce";
 
 struct Model {
     name: String,
@@ -463,6 +468,52 @@ fn static_int8_on_real_models() {
         );
         assert!(mean >= mean_bound, "{name}: cosine mean {mean}");
     }
+}
+
+/// Accuracy control (`max-error`) on ocr-det, whose plain static int8 model is 0.13 off
+/// (relative L2) on its two calibration samples: with `max-error=0.05` the costliest layers go
+/// back to f32 until the error on those samples is within the bound (9 of 45 restored), and
+/// most layers stay int8. What it does to held-out inputs depends on how well two samples
+/// represent them, so that is printed, not asserted: measured on the six held-out variants of
+/// test_data_set_2 it rises (0.075 → 0.13), while onnxruntime's evaluation on generated
+/// held-out images (benches/quant_vs_ort.py) falls from 0.22 to 0.14 (docs/passes.md).
+#[test]
+fn ocr_det_max_error_restores_the_costliest_layers() {
+    let Some(m) = load("ocr-det") else { return };
+    let calib = [m.sets[0].as_path(), m.sets[1].as_path()];
+    // As `pare opt` runs it: canonicalized first (BatchNormalization folded into the
+    // convolutions, so each layer's restoration is the whole layer).
+    let (plain, _) = quantize(&m, &format!("{CANONICALIZE},quantize(bits=8)"), &calib);
+    let (ctl, r) = quantize(
+        &m,
+        &format!("{CANONICALIZE},quantize(bits=8,max-error=0.05)"),
+        &calib,
+    );
+    let notes: Vec<&String> = r.steps.iter().flat_map(|s| &s.notes).collect();
+    let (kept, quantized) = (stat(&r, "layers-kept-f32"), stat(&r, "layers-quantized"));
+    assert!(
+        kept >= 1 && quantized > 2 * kept,
+        "{kept} layers restored, {quantized} quantized: {notes:?}"
+    );
+    let error_on = |sets: &[Vec<Tensor>], g: &Graph| {
+        let dense: Vec<Vec<Tensor>> = sets.iter().map(|x| run(&m.graph, x)).collect();
+        let outs: Vec<Vec<Tensor>> = sets.iter().map(|x| run(g, x)).collect();
+        fidelity(&dense, &outs).rel_l2
+    };
+    let cal: Vec<Vec<Tensor>> = calib.iter().map(|d| inputs(&m.graph, d)).collect();
+    let (e_plain, e_ctl) = (error_on(&cal, &plain), error_on(&cal, &ctl));
+    eprintln!("  calibration error: plain {e_plain:.4}, max-error=0.05 {e_ctl:.4}");
+    for n in notes.iter().filter(|n| n.contains("max-error")) {
+        eprintln!("    {n}");
+    }
+    let held: Vec<Vec<Tensor>> = image_variants(&inputs(&m.graph, &m.sets[2])[0], true, true)
+        .into_iter()
+        .map(|t| vec![t])
+        .collect();
+    let (h_plain, h_ctl) = (error_on(&held, &plain), error_on(&held, &ctl));
+    assert!(h_plain.is_finite() && h_ctl.is_finite());
+    eprintln!("  held-out error: plain {h_plain:.4}, max-error=0.05 {h_ctl:.4}");
+    assert!(e_plain > 0.05 && e_ctl <= 0.05 + 1e-6, "{e_plain} {e_ctl}");
 }
 
 /// Dynamic int8 (no calibration): MiniLM's 18 linear layers become MatMulInteger with 12
