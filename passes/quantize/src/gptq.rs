@@ -45,6 +45,25 @@ pub fn gptq(
     s: &Scheme,
     damp: f64,
 ) -> Result<QuantMatrix, QuantError> {
+    gptq_keeping(w, n, k, h, s, damp, None)
+}
+
+/// [`gptq`] with outliers (SpQR, Dettmers et al. 2023, "SpQR: A Sparse-Quantized
+/// Representation for Near-Lossless LLM Weight Compression"): the entries where `keep`
+/// (`n × k`, row-major) is true are left out of their grid's fit and kept in f32 at their
+/// error-updated value when their column is reached, so they add no error of their own and
+/// pass none on; they are returned as [`QuantMatrix::outliers`] with the zero code.
+pub fn gptq_keeping(
+    w: &[f64],
+    n: usize,
+    k: usize,
+    h: &[f64],
+    s: &Scheme,
+    damp: f64,
+    keep: Option<&[bool]>,
+) -> Result<QuantMatrix, QuantError> {
+    let kept = |r: usize, j: usize| keep.is_some_and(|m| m[r * k + j]);
+    let mut outliers = Vec::new();
     if h.len() != k * k {
         return Err(QuantError::HessianShape {
             got: (h.len() as f64).sqrt() as usize,
@@ -93,7 +112,7 @@ pub fn gptq(
     ];
     if s.group == 0 {
         for (r, p) in params.iter_mut().enumerate() {
-            *p = Params::fit(s, (0..k).map(|j| wc[j * n + r]));
+            *p = Params::fit(s, (0..k).filter(|&j| !kept(r, j)).map(|j| wc[j * n + r]));
         }
     }
     let bs = if s.group == 0 {
@@ -112,7 +131,8 @@ pub fn gptq(
             if s.group > 0 && i % s.group == 0 {
                 let end = (i + s.group).min(k);
                 for r in 0..n {
-                    params[r * ng + gi] = Params::fit(s, (i..end).map(|j| wc[j * n + r]));
+                    params[r * ng + gi] =
+                        Params::fit(s, (i..end).filter(|&j| !kept(r, j)).map(|j| wc[j * n + r]));
                 }
             }
             let dii = u[(i, i)];
@@ -121,6 +141,12 @@ pub fn gptq(
             let e = &mut err[(i - i1) * n..(i - i1 + 1) * n];
             for r in 0..n {
                 let p = params[r * ng + gi];
+                if kept(r, i) {
+                    codes[r * k + i] = p.quantize(s, 0.0);
+                    outliers.push((r * k + i, col[r] as f32));
+                    e[r] = (col[r] - col[r] as f32 as f64) / dii;
+                    continue;
+                }
                 let q = p.quantize(s, col[r]);
                 codes[r * k + i] = q;
                 e[r] = (col[r] - p.dequantize(q)) / dii;
@@ -144,6 +170,7 @@ pub fn gptq(
         }
         i1 = i2;
     }
+    outliers.sort_unstable_by_key(|&(i, _)| i);
     Ok(QuantMatrix {
         n,
         k,
@@ -151,6 +178,7 @@ pub fn gptq(
         codes,
         params,
         col_scale: None,
+        outliers,
     })
 }
 
@@ -308,6 +336,7 @@ mod tests {
             codes,
             params,
             col_scale: None,
+            outliers: Vec::new(),
         }
     }
 
@@ -344,6 +373,29 @@ mod tests {
         for s in SCHEMES {
             let g = gptq(&w, n, k, &h, &s, 0.01).unwrap();
             assert_eq!(g, rtn(&w, n, k, &s), "{s:?}");
+        }
+    }
+
+    /// With `H = I` GPTQ with outliers is RTN with the same outliers: nothing moves, the kept
+    /// entries are exact and out of the grids.
+    #[test]
+    fn identity_hessian_with_outliers_equals_rtn_with_them() {
+        let (n, k) = (6, 48);
+        let w = random(n * k, 9);
+        let mut h = vec![0f64; k * k];
+        for j in 0..k {
+            h[j * k + j] = 1.0;
+        }
+        let keep: Vec<bool> = (0..n * k).map(|i| i % 37 == 5).collect();
+        for s in SCHEMES {
+            let g = gptq_keeping(&w, n, k, &h, &s, 0.01, Some(&keep)).unwrap();
+            let r = crate::scheme::rtn_keeping(&w, n, k, &s, Some(&keep));
+            assert_eq!(g, r, "{s:?}");
+            let d = g.dequantize();
+            for (i, _) in keep.iter().enumerate().filter(|(_, &m)| m) {
+                assert_eq!(d[i], w[i] as f32 as f64);
+            }
+            assert_eq!(g.outliers.len(), keep.iter().filter(|&&m| m).count());
         }
     }
 

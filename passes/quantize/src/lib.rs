@@ -34,6 +34,15 @@
 //!   `tr(ΔW XᵀX ΔWᵀ)` (α = 0 is RTN, so the search never does worse than RTN on the
 //!   calibration data); see [`awq::awq`]. Grouped convolutions fall back to RTN.
 //!
+//! **Outlier retention** (`outliers=F`, after SpQR: Dettmers et al. 2023, "SpQR: A
+//! Sparse-Quantized Representation for Near-Lossless LLM Weight Compression"): in every layer
+//! the share `F` of the weights with the largest `|w_rj|·sqrt(H_jj)` (the weight times its
+//! input's RMS on the calibration data; `|w|` without `--calib`) stays f32: left out of the
+//! grid fits (so the other weights of their groups get finer steps), kept exactly (GPTQ keeps
+//! the error-updated value and passes no error on from it), and written over the dequantized
+//! weight in the graph by `ScatterND` with int32 flat indices (8 bytes per outlier, counted in
+//! the size report). With `rtn` and `gptq`, QDQ only.
+//!
 //! **Mixed precision under a size budget** (`budget-bits=B`; see [`mixed`]): each layer the
 //! pass would quantize gets one of three levels: int4 in groups of `group` along K (default
 //! 128; a K that is not a multiple gets a shorter last group; convolutions are per output
@@ -261,6 +270,13 @@ pub fn register(reg: &mut Registry) {
             "4",
             "budget-bits, max-error: samples scoring sensitivities and allocations (0: all of \
              --calib; without --calib, generated inputs)",
+        )
+        .option(
+            "outliers",
+            "float",
+            "0",
+            "SpQR-style outlier retention (weights only; rtn or gptq; qdq): this share of each \
+             layer's weights, the largest |w|·rms(x), stays f32 outside the grids",
         )
         .option(
             "max-error",

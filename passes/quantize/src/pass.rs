@@ -4,10 +4,10 @@
 use crate::act::{select_range, ActGrid, Calibrate};
 use crate::awq::{activation_rms, awq, GRID};
 use crate::error::QuantError;
-use crate::gptq::{gptq, h_error};
+use crate::gptq::{gptq_keeping, h_error};
 use crate::mixed;
 use crate::nbits;
-use crate::scheme::{rel_error, rtn, QuantMatrix, Scheme};
+use crate::scheme::{rel_error, rtn, rtn_keeping, QuantMatrix, Scheme};
 use crate::search;
 use pare_analysis::CalibStats;
 use pare_ir::op::{CastAttrs, DequantizeAttrs};
@@ -65,6 +65,9 @@ pub struct QuantizeOptions {
     /// `search-samples` samples; the layers whose quantization costs the most are restored to
     /// f32, most harmful first, until the error is at most this (the crate doc says how).
     pub max_error: Option<f64>,
+    /// Outlier retention (SpQR-style, weights only, `rtn` or `gptq`, QDQ): this fraction of
+    /// every layer's weights (the largest `|w|·‖x‖`) stays f32, left out of the grids.
+    pub outliers: f64,
 }
 
 /// The default static range rule: measured best on held-out inputs of the five real models in
@@ -91,6 +94,7 @@ impl Default for QuantizeOptions {
             offspring: 2,
             search_samples: 4,
             max_error: None,
+            outliers: 0.0,
         }
     }
 }
@@ -168,6 +172,8 @@ pub struct Config {
     pub budget: Option<Budget>,
     /// Accuracy control (`max-error`): the error bound and the samples scoring it (0: all).
     pub max_error: Option<(f64, usize)>,
+    /// Share of each layer's weights kept f32 as outliers (0: none).
+    pub outliers: f64,
 }
 
 /// `budget-bits` settings (validated).
@@ -256,7 +262,29 @@ impl QuantizeOptions {
                 "max-error and budget-bits both choose which layers stay f32; give one",
             ));
         }
+        let outliers = self.outliers;
+        if !(outliers.is_finite() && (0.0..0.5).contains(&outliers)) {
+            return Err(opt_err(format!(
+                "outliers is the share of each layer's weights kept in f32, in [0, 0.5), not \
+                 {outliers}"
+            )));
+        }
+        if outliers > 0.0 {
+            let why = if method == Method::Awq {
+                Some("method=awq (its column scaling already protects the salient weights)")
+            } else if format == Format::MatMulNBits {
+                Some("format=matmulnbits (MatMulNBits has no place for them)")
+            } else if budget.is_some() {
+                Some("budget-bits")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(opt_err(format!("outliers cannot be combined with {why}")));
+            }
+        }
         Ok(Config {
+            outliers,
             max_error,
             activations,
             scheme: Scheme {
@@ -627,7 +655,11 @@ impl Quantize {
         };
         let rtn_q = rtn(&t.w, n, k, &s);
         let rtn_err = rel(h_err_of(&rtn_q));
+        let keep = (self.cfg.outliers > 0.0)
+            .then(|| outlier_mask(&t.w, n, k, groups, hess, self.cfg.outliers));
+        let keep_rows = |gi: usize| keep.as_deref().map(|m| &m[gi * mg * k..(gi + 1) * mg * k]);
         let q = match method {
+            Method::Rtn if keep.is_some() => rtn_keeping(&t.w, n, k, &s, keep.as_deref()),
             Method::Rtn => rtn_q,
             Method::Gptq => {
                 let h = hess.ok_or("no XᵀX")?;
@@ -636,7 +668,7 @@ impl Quantize {
                     let w = &t.w[gi * mg * k..(gi + 1) * mg * k];
                     let mut damp = self.cfg.damp;
                     let q = loop {
-                        match gptq(w, mg, k, h.block(gi), &s, damp) {
+                        match gptq_keeping(w, mg, k, h.block(gi), &s, damp, keep_rows(gi)) {
                             Ok(q) => break Some(q),
                             Err(QuantError::NotPositiveDefinite { .. }) if damp < 1.0 => {
                                 damp = (damp * 10.0).max(0.01);
@@ -650,7 +682,7 @@ impl Quantize {
                     if damp != self.cfg.damp {
                         detail.push_str(&format!("damp raised to {damp}; "));
                     }
-                    rows_q.push(q.unwrap_or_else(|| rtn(w, mg, k, &s)));
+                    rows_q.push(q.unwrap_or_else(|| rtn_keeping(w, mg, k, &s, keep_rows(gi))));
                 }
                 concat_rows(rows_q, n, k, &s)
             }
@@ -667,6 +699,13 @@ impl Quantize {
                 }
             }
         };
+        if !q.outliers.is_empty() {
+            detail.push_str(&format!(
+                "{} outliers ({:.2} %) kept f32; ",
+                q.outliers.len(),
+                100.0 * q.outliers.len() as f64 / (n * k).max(1) as f64
+            ));
+        }
         let out_err = match (rel(h_err_of(&q)), rtn_err) {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
@@ -764,6 +803,9 @@ impl Quantize {
             );
             w_out = g.add_simple(format!("{base}_awq_unscaled"), Op::Mul, &[w_out, c]);
             set_f32(g, w_out, &t.shape);
+        }
+        if !q.outliers.is_empty() {
+            w_out = emit_outliers(g, t, q, w_out, &base)?;
         }
         g.set_operand(t.node, 1, Some(w_out));
         g.remove_const(t.weight);
@@ -880,10 +922,123 @@ fn type_node(g: &mut Graph, n: NodeId) {
     }
 }
 
+/// The outliers of a layer (`frac` of its `n × k` weights, at least one when `frac > 0`): the
+/// largest `|w_rj|·sqrt(H_jj)` — the weight times its input's root mean square on the
+/// calibration data, the size of its contribution to the output (Wanda's score); `|w_rj|`
+/// without `XᵀX`. These are the weights that stretch their groups' grids the most where it
+/// matters; SpQR picks them by their rounding error under the inverse Hessian instead, which
+/// needs the grid first. Returns the `n × k` mask.
+fn outlier_mask(
+    w: &[f64],
+    n: usize,
+    k: usize,
+    groups: usize,
+    hess: Option<&pare_analysis::Hessian>,
+    frac: f64,
+) -> Vec<bool> {
+    let mg = n / groups.max(1);
+    let score: Vec<f64> = (0..n * k)
+        .map(|i| {
+            let (r, j) = (i / k, i % k);
+            let d = hess.map_or(1.0, |h| h.block(r / mg.max(1))[j * k + j].max(0.0));
+            w[i].abs() * d.sqrt()
+        })
+        .collect();
+    let count = ((frac * (n * k) as f64).round() as usize).clamp(1, n * k);
+    let mut order: Vec<usize> = (0..n * k).collect();
+    order.select_nth_unstable_by(count - 1, |&a, &b| score[b].total_cmp(&score[a]));
+    let mut mask = vec![false; n * k];
+    for &i in &order[..count] {
+        mask[i] = true;
+    }
+    mask
+}
+
+/// Writes a layer's outliers over its dequantized weight `w` (stored layout):
+/// `Reshape(ScatterND(Reshape(w, [-1]), Cast(indices, int64), values), shape)`, the flat
+/// indices stored as int32 `[count, 1]` and the values as f32 (8 bytes per outlier, as
+/// [`QuantMatrix::stored_bytes`] counts them). onnxruntime folds the chain into the weight
+/// when it loads the model; pare's compiler folds it at compile time.
+fn emit_outliers(
+    g: &mut Graph,
+    t: &Target,
+    q: &QuantMatrix,
+    w: ValueId,
+    base: &str,
+) -> Result<ValueId, String> {
+    let (n, k) = (t.n, t.k);
+    let mut pairs: Vec<(i32, f32)> = q
+        .outliers
+        .iter()
+        .map(|&(i, v)| {
+            let (r, j) = (i / k, i % k);
+            let stored = match t.layout {
+                Layout::Kn => j * n + r,
+                Layout::Nk | Layout::Conv { .. } => i,
+            };
+            i32::try_from(stored)
+                .map(|s| (s, v))
+                .map_err(|_| format!("outlier index {stored} does not fit in int32"))
+        })
+        .collect::<Result<_, _>>()?;
+    pairs.sort_unstable_by_key(|&(i, _)| i);
+    let count = pairs.len();
+    let idx = g.add_const(
+        format!("{base}_outlier_indices"),
+        Tensor::from_vec(vec![count, 1], pairs.iter().map(|&(i, _)| i).collect()),
+    );
+    let vals = g.add_const(
+        format!("{base}_outlier_values"),
+        Tensor::from_vec(vec![count], pairs.iter().map(|&(_, v)| v).collect()),
+    );
+    let idx64 = g.add_simple(
+        format!("{base}_outlier_indices_i64"),
+        Op::Cast(CastAttrs {
+            to: DType::I64,
+            ..Default::default()
+        }),
+        &[idx],
+    );
+    type_node_of(g, idx64);
+    let flat_shape = g.add_const(
+        format!("{base}_flat_shape"),
+        Tensor::from_vec(vec![1], vec![-1i64]),
+    );
+    let flat = g.add_simple(
+        format!("{base}_flat"),
+        Op::Reshape(Default::default()),
+        &[w, flat_shape],
+    );
+    type_node_of(g, flat);
+    let scattered = g.add_simple(
+        format!("{base}_with_outliers_flat"),
+        Op::ScatterNd(Default::default()),
+        &[flat, idx64, vals],
+    );
+    type_node_of(g, scattered);
+    let shape = g.add_const(
+        format!("{base}_shape"),
+        Tensor::from_vec(
+            vec![t.shape.len()],
+            t.shape.iter().map(|&d| d as i64).collect(),
+        ),
+    );
+    let out = g.add_simple(
+        format!("{base}_with_outliers"),
+        Op::Reshape(Default::default()),
+        &[scattered, shape],
+    );
+    set_f32(g, out, &t.shape);
+    Ok(out)
+}
+
 fn concat_rows(parts: Vec<QuantMatrix>, n: usize, k: usize, s: &Scheme) -> QuantMatrix {
     let mut codes = Vec::with_capacity(n * k);
     let mut params = Vec::new();
+    let mut outliers = Vec::new();
     for p in parts {
+        let at = codes.len();
+        outliers.extend(p.outliers.iter().map(|&(i, v)| (at + i, v)));
         codes.extend(p.codes);
         params.extend(p.params);
     }
@@ -894,6 +1049,7 @@ fn concat_rows(parts: Vec<QuantMatrix>, n: usize, k: usize, s: &Scheme) -> Quant
         codes,
         params,
         col_scale: None,
+        outliers,
     }
 }
 

@@ -143,6 +143,9 @@ pub struct QuantMatrix {
     /// AWQ: a per-column factor applied after dequantization (`1/s`), as the graph applies it
     /// (a Mul in f32); `None` = 1.
     pub col_scale: Option<Vec<f32>>,
+    /// Outliers kept in f32 (SpQR-style): `(r·k + j, value)` in increasing index order; their
+    /// codes are the grid's zero and the graph writes the values over the dequantized weight.
+    pub outliers: Vec<(usize, f32)>,
 }
 
 impl QuantMatrix {
@@ -156,7 +159,8 @@ impl QuantMatrix {
         self.params[r * self.scheme.groups(self.k) + self.group_of(j)]
     }
 
-    /// The dequantized weight `n × k` as the graph computes it (f32 arithmetic).
+    /// The dequantized weight `n × k` as the graph computes it (f32 arithmetic), the outliers
+    /// written over it.
     pub fn dequantize(&self) -> Vec<f64> {
         let mut out = Vec::with_capacity(self.n * self.k);
         for r in 0..self.n {
@@ -168,11 +172,14 @@ impl QuantMatrix {
                 });
             }
         }
+        for &(i, v) in &self.outliers {
+            out[i] = v as f64;
+        }
         out
     }
 
-    /// Bytes of the stored codes, scales (f32), zero points (when asymmetric) and column
-    /// factors.
+    /// Bytes of the stored codes, scales (f32), zero points (when asymmetric), column factors
+    /// and outliers (an i32 index and an f32 value each).
     pub fn stored_bytes(&self) -> usize {
         let np = self.params.len();
         let zp = if self.scheme.symmetric {
@@ -184,23 +191,43 @@ impl QuantMatrix {
             + 4 * np
             + zp
             + self.col_scale.as_ref().map_or(0, |c| 4 * c.len())
+            + 8 * self.outliers.len()
     }
 }
 
 /// Round-to-nearest: every group's grid is fitted to its values, then each value is rounded to
 /// the nearest code.
 pub fn rtn(w: &[f64], n: usize, k: usize, s: &Scheme) -> QuantMatrix {
+    rtn_keeping(w, n, k, s, None)
+}
+
+/// [`rtn`] with outliers: the entries where `keep` (`n × k`) is true stay f32 — left out of
+/// their group's grid fit, stored as [`QuantMatrix::outliers`] with the zero code.
+pub fn rtn_keeping(
+    w: &[f64],
+    n: usize,
+    k: usize,
+    s: &Scheme,
+    keep: Option<&[bool]>,
+) -> QuantMatrix {
     let ng = s.groups(k);
     let gl = s.group_len(k);
     let mut codes = vec![0i32; n * k];
     let mut params = Vec::with_capacity(n * ng);
+    let mut outliers = Vec::new();
+    let kept = |i: usize| keep.is_some_and(|m| m[i]);
     for r in 0..n {
         let row = &w[r * k..(r + 1) * k];
         for gi in 0..ng {
             let (a, b) = (gi * gl, ((gi + 1) * gl).min(k));
-            let p = Params::fit(s, row[a..b].iter().copied());
+            let p = Params::fit(s, (a..b).filter(|&j| !kept(r * k + j)).map(|j| row[j]));
             for j in a..b {
-                codes[r * k + j] = p.quantize(s, row[j]);
+                if kept(r * k + j) {
+                    codes[r * k + j] = p.quantize(s, 0.0);
+                    outliers.push((r * k + j, row[j] as f32));
+                } else {
+                    codes[r * k + j] = p.quantize(s, row[j]);
+                }
             }
             params.push(p);
         }
@@ -212,6 +239,7 @@ pub fn rtn(w: &[f64], n: usize, k: usize, s: &Scheme) -> QuantMatrix {
         codes,
         params,
         col_scale: None,
+        outliers,
     }
 }
 
@@ -299,6 +327,25 @@ mod tests {
             assert!((a - b).abs() < 1e-6, "{d:?}");
         }
         assert_eq!(q.stored_bytes(), 3 + 3 * 4 + 2);
+    }
+
+    /// An outlier is left out of its group's grid and comes back exactly.
+    #[test]
+    fn rtn_keeping_fits_the_grid_without_the_outlier() {
+        let s = Scheme {
+            bits: 4,
+            group: 0,
+            symmetric: true,
+        };
+        let w = [0.1, -0.2, 5.0, 0.35];
+        let keep = [false, false, true, false];
+        let q = rtn_keeping(&w, 1, 4, &s, Some(&keep));
+        assert_eq!(q.params[0].scale, (0.35f64 / 7.0) as f32);
+        assert_eq!(q.outliers, vec![(2, 5.0)]);
+        let d = q.dequantize();
+        assert_eq!(d[2], 5.0);
+        assert!((d[3] - 0.35).abs() < 1e-6 && (d[0] - 0.1).abs() < 0.03);
+        assert_eq!(q.stored_bytes(), 2 + 4 + 8);
     }
 
     #[test]
