@@ -18,6 +18,8 @@ For each real model (.cache/models/<name>.onnx, fetched by scripts/fetch_models.
       pare static          pare opt MODEL --passes 'canonicalize,quantize(bits=8),canonicalize'
                            --calib test_data_set_0 --calib test_data_set_1
       pare static <rule>   the same with calibrate=auto|minmax (the default is percentile)
+      pare static (act-per-channel)  one activation grid per channel (each channel's
+                           min/max clipped to the tensor's percentile range)
       pare static (max-error=E)  the default with accuracy control: layers restored to f32
                            until the calibration samples' relative error is at most E
       pare dynamic         the same pipeline without --calib
@@ -226,6 +228,7 @@ def pare_models(m, src, d, pare, calib_dirs):
         ("pare static (default: percentile)", "", True),
         ("pare static (calibrate=auto)", ",calibrate=auto", True),
         ("pare static (calibrate=minmax)", ",calibrate=minmax", True),
+        ("pare static (act-per-channel)", ",act-per-channel=true", True),
         ("pare static (max-error=0.05)", ",max-error=0.05", True),
         ("pare static (max-error=0.02)", ",max-error=0.02", True),
         ("pare dynamic (no --calib)", "", False),

@@ -245,6 +245,32 @@ fn qdq_pair_before_a_convolution_compiles_bit_exactly() {
     assert!(err < 1e-6, "QDQ + Conv: max error {err:.2e} of scale");
 }
 
+/// The same with one grid per input channel (`quantize(act-per-channel=true)`): the per-axis
+/// pair becomes f32 arithmetic with broadcast parameters, exact against the interpreter.
+#[test]
+fn per_channel_qdq_pair_before_a_convolution_compiles_bit_exactly() {
+    let text = "graph @conv(%x: f32[1,2,6,6]) -> (%y) {\n  \
+         %s = const f32[2] [0.013, 0.021]\n  %z = const u8[2] [120, 131]\n  \
+         %w = const f32[3,2,3,3] [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7, 0.8, -0.9, \
+         0.2, -0.1, 0.3, 0.1, -0.3, 0.5, 0.2, -0.6, 0.4, 0.3, 0.1, 0.2, -0.2, 0.4, 0.1, 0.5, 0.3, -0.7, \
+         0.3, -0.3, 0.2, 0.6, -0.1, 0.2, 0.5, -0.4, 0.1, 0.2, 0.6, 0.3, -0.1, 0.3, 0.2, 0.1, 0.4, -0.5]\n  \
+         %q = QuantizeLinear(%x, %s, %z) {axis=1}\n  %xd = DequantizeLinear(%q, %s, %z) {axis=1}\n  \
+         %y = Conv(%xd, %w)\n}\n";
+    let g = pare_ir::parse_graph(text).unwrap_or_else(|e| panic!("{e}"));
+    let x = Tensor::from_vec(
+        vec![1, 2, 6, 6],
+        ramp(72, 23).iter().map(|v| v * 3.0).collect(),
+    );
+    let want = interp(&g, std::slice::from_ref(&x));
+    let (got, kernels) = compile_run(&g, std::slice::from_ref(&x), "conv_per_channel");
+    let (err, _) = agreement(&want[0], &got[0]);
+    assert!(
+        err < 1e-6,
+        "per-channel QDQ + Conv: max error {err:.2e} of scale"
+    );
+    assert_eq!(calls(&kernels, "qconv"), 0, "{kernels:?}");
+}
+
 /// `n` int8 codes in `[-max, max]`, as graph text.
 fn code_text(n: usize, seed: u32, max: f32) -> String {
     ramp(n, seed)

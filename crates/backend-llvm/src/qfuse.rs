@@ -998,7 +998,7 @@ fn fake_quant(g: &mut Graph, dqn: NodeId) -> bool {
         return false;
     };
     let Some((x, ActQuant::Static { .. })) = match_qdq(g, out) else {
-        return false;
+        return fake_quant_per_axis(g, dqn);
     };
     let Some(q) = d.input(0) else {
         return false;
@@ -1026,6 +1026,76 @@ fn fake_quant(g: &mut Graph, dqn: NodeId) -> bool {
     let base = g.value(out).name.clone();
     let sc = g.add_const(format!("{base}.fq_scale"), Tensor::scalar(s));
     let zc = g.add_const(format!("{base}.fq_zero"), Tensor::scalar(z));
+    let loc = g.add_const(format!("{base}.fq_lo"), Tensor::scalar(lo));
+    let hic = g.add_const(format!("{base}.fq_hi"), Tensor::scalar(hi));
+    let t = g.add_simple(format!("{base}.fq_div"), Op::Div, &[x, sc]);
+    let r = g.add_simple(format!("{base}.fq_round"), Op::Round, &[t]);
+    let u = g.add_simple(format!("{base}.fq_shift"), Op::Add, &[r, zc]);
+    let c = g.add_simple(format!("{base}.fq_clip"), Op::Clip, &[u, loc, hic]);
+    let v = g.add_simple(format!("{base}.fq_center"), Op::Sub, &[c, zc]);
+    let y = g.add_simple(format!("{base}.fq"), Op::Mul, &[v, sc]);
+    replace_output(g, out, y);
+    true
+}
+
+/// [`fake_quant`] for a per-axis pair (`QuantizeLinear`/`DequantizeLinear` with the same
+/// 1-D scale and zero point along the same `axis`, e.g. `quantize(act-per-channel=true)`): the
+/// same f32 arithmetic with the parameters shaped `[C, 1, …]` to broadcast along `axis`.
+fn fake_quant_per_axis(g: &mut Graph, dqn: NodeId) -> bool {
+    let d = g.node(dqn);
+    let (Op::DequantizeLinear(da), Some(&out), Some(q)) = (&d.op, d.outputs().first(), d.input(0))
+    else {
+        return false;
+    };
+    let Some((qn, Op::QuantizeLinear(qa))) = producer_op(g, q) else {
+        return false;
+    };
+    let qnode = g.node(qn);
+    let Some(x) = qnode.input(0) else {
+        return false;
+    };
+    let rank = match &g.value(x).ty.shape {
+        Some(sh) if g.value(x).ty.dtype == Some(DType::F32) => sh.rank() as i64,
+        _ => return false,
+    };
+    let axis = if da.axis < 0 { da.axis + rank } else { da.axis };
+    let qaxis = if qa.axis < 0 { qa.axis + rank } else { qa.axis };
+    if da.block_size != 0 || qa.block_size != 0 || axis != qaxis || !(0..rank).contains(&axis) {
+        return false;
+    }
+    let (Some(s1), Some(s2)) = (
+        d.input(1).and_then(|v| const_f32(g, v)),
+        qnode.input(1).and_then(|v| const_f32(g, v)),
+    ) else {
+        return false;
+    };
+    let zeros = |z: Option<ValueId>| match z {
+        None => Some(vec![0.0f32; s1.len()]),
+        Some(z) => const_f32(g, z),
+    };
+    let (Some(z1), Some(z2)) = (zeros(d.input(2)), zeros(qnode.input(2))) else {
+        return false;
+    };
+    if s1 != s2
+        || z1 != z2
+        || z1.len() != s1.len()
+        || s1.iter().any(|s| !(s.is_finite() && *s > 0.0))
+    {
+        return false;
+    }
+    let (lo, hi) = match g.value(q).ty.dtype {
+        Some(DType::U8) => (0.0f32, 255.0f32),
+        Some(DType::I8) => (-128.0, 127.0),
+        _ => return false,
+    };
+    let mut shape = vec![s1.len()];
+    shape.extend(std::iter::repeat_n(1, (rank - 1 - axis) as usize));
+    let base = g.value(out).name.clone();
+    let sc = g.add_const(
+        format!("{base}.fq_scale"),
+        Tensor::from_vec(shape.clone(), s1),
+    );
+    let zc = g.add_const(format!("{base}.fq_zero"), Tensor::from_vec(shape, z1));
     let loc = g.add_const(format!("{base}.fq_lo"), Tensor::scalar(lo));
     let hic = g.add_const(format!("{base}.fq_hi"), Tensor::scalar(hi));
     let t = g.add_simple(format!("{base}.fq_div"), Op::Div, &[x, sc]);

@@ -108,8 +108,13 @@
 //!   `calibrate=percentile` (default, `percentile=99.99`), `minmax`, `mse`, `entropy`, or
 //!   `auto` (per tensor, the candidate among min-max, percentiles 99.9 / 99.99 / 99.999, MSE
 //!   and entropy with the smallest relative error at the outputs of the layers reading it,
-//!   measured on the calibration samples; see [`search`]). Per-channel activation scales are not
-//!   implemented (onnxruntime does not use them either). Biases stay f32.
+//!   measured on the calibration samples; see [`search`]). `act-per-channel=true` gives a
+//!   convolution's input one grid per input channel instead (`QuantizeLinear` /
+//!   `DequantizeLinear` on axis 1 with 1-D parameters): each channel's calibrated min/max,
+//!   clipped to the tensor's range under the rule. MatMul/Gemm inputs stay per tensor (with a
+//!   note): onnxruntime fuses them into `MatMulIntegerToFloat`, which refuses per-channel
+//!   activation parameters. Fitted on few samples, per-channel ranges saturate more held-out
+//!   values than the tensor's (measured worse on every CNN, docs/passes.md). Biases stay f32.
 //! - **dynamic int8** without calibration samples (`activations=dynamic` forces it): MatMul
 //!   and Gemm (without transA) become onnxruntime's `quantize_dynamic` pattern
 //!   `DynamicQuantizeLinear(A) → MatMulInteger(A_q, W_q[K,N], A_zp[, W_zp]) → Cast(f32) →
@@ -224,6 +229,13 @@ pub fn register(reg: &mut Registry) {
             "bool",
             "false",
             "static activations as int8 with zero point 0 instead of uint8 asymmetric",
+        )
+        .option(
+            "act-per-channel",
+            "bool",
+            "false",
+            "static activations with one grid per channel (the readers' K axis): each \
+             channel's calibrated min/max, clipped to the tensor's range under calibrate",
         )
         .option(
             "damp",

@@ -10,7 +10,7 @@ use crate::nbits;
 use crate::scheme::{rel_error, rtn, rtn_keeping, QuantMatrix, Scheme};
 use crate::search;
 use pare_analysis::CalibStats;
-use pare_ir::op::{CastAttrs, DequantizeAttrs};
+use pare_ir::op::{CastAttrs, DequantizeAttrs, QuantizeAttrs};
 use pare_ir::{DType, Graph, NodeId, Op, Shape, Tensor, TensorType, ValueId};
 use pare_pass::{Pass, PassContext, PassError, PassReport};
 use std::collections::HashMap;
@@ -43,6 +43,9 @@ pub struct QuantizeOptions {
     pub percentile: f64,
     /// Symmetric int8 activations (zero point 0) instead of asymmetric uint8.
     pub act_symmetric: bool,
+    /// Static activations with one grid per channel (the K axis of the layers reading them):
+    /// each channel's calibrated min/max, clipped to the tensor's range under `calibrate`.
+    pub act_per_channel: bool,
     /// GPTQ dampening, as a fraction of the mean diagonal of XᵀX.
     pub damp: f64,
     /// `qdq` (DequantizeLinear) or `matmulnbits` (com.microsoft MatMulNBits for MatMul/Gemm).
@@ -86,6 +89,7 @@ impl Default for QuantizeOptions {
             calibrate: DEFAULT_CALIBRATE.into(),
             percentile: 99.99,
             act_symmetric: false,
+            act_per_channel: false,
             damp: 0.01,
             format: "qdq".into(),
             min_elements: 1024,
@@ -150,6 +154,8 @@ pub struct ActConfig {
     pub calibrate: Option<Calibrate>,
     /// int8 with zero point 0 (true) or uint8 asymmetric (false).
     pub symmetric: bool,
+    /// One grid per channel (static only).
+    pub per_channel: bool,
 }
 
 /// Validated options.
@@ -387,6 +393,12 @@ impl QuantizeOptions {
             (None, ActMode::Auto) => !int8_per_channel_qdq,
             (None, _) => false,
         };
+        if self.act_per_channel && (weights_only || mode == ActMode::Dynamic) {
+            return Err(opt_err(
+                "act-per-channel=true is for static activations: it needs weights-only=false and \
+                 activations=auto or static (with --calib)",
+            ));
+        }
         if weights_only {
             return Ok(None);
         }
@@ -402,6 +414,7 @@ impl QuantizeOptions {
             mode,
             calibrate,
             symmetric: self.act_symmetric,
+            per_channel: self.act_per_channel,
         }))
     }
 }
@@ -1285,6 +1298,107 @@ fn emit_act_qdq(g: &mut Graph, x: ValueId, grid: &ActGrid) -> Result<ValueId, St
     Ok(g.node(dn).outputs()[0])
 }
 
+/// Per-channel grids of activation `x` read by `nodes` (convolutions only): the channel axis
+/// is the input-channel axis the readers share (1), each channel's calibrated
+/// min/max clipped to the tensor's range `(lo, hi)` (so a percentile rule still trims rare
+/// extremes), one [`ActGrid`] per channel. Errs (with why) when the readers disagree on the
+/// axis or the calibration recorded no per-channel range.
+fn channel_grids(
+    g: &Graph,
+    stats: &CalibStats,
+    x: ValueId,
+    nodes: &[NodeId],
+    (lo, hi): (f32, f32),
+    symmetric: bool,
+) -> Result<(usize, Vec<ActGrid>), String> {
+    let mut axis = None;
+    for &n in nodes {
+        if !matches!(g.node(n).op, Op::Conv(_)) {
+            // onnxruntime fuses a MatMul's QDQ input into MatMulIntegerToFloat, which refuses
+            // per-channel activation parameters: the model would not run there.
+            return Err(format!(
+                "'{}' is a {}: per-channel activations are for convolutions (onnxruntime's \
+                 fused int8 MatMul has no per-channel activation parameters)",
+                label(g, n),
+                g.node(n).op.name()
+            ));
+        }
+        let a = pare_analysis::calib::channel_inputs(g, n)
+            .into_iter()
+            .find(|&(v, _)| v == x)
+            .map(|(_, a)| a)
+            .ok_or_else(|| format!("'{}' has no channel axis for it", label(g, n)))?;
+        if axis.is_some_and(|b| b != a) {
+            return Err("its readers reduce different axes".into());
+        }
+        axis = Some(a);
+    }
+    let axis = axis.ok_or("no reader")?;
+    let cr = stats
+        .channel_range(x, axis)
+        .ok_or_else(|| format!("the calibration recorded no range per channel on axis {axis}"))?;
+    let grids = cr
+        .min
+        .iter()
+        .zip(&cr.max)
+        .map(|(&cmin, &cmax)| {
+            if cmin > cmax {
+                // No finite value seen in this channel: the tensor's grid.
+                ActGrid::fit(lo, hi, symmetric)
+            } else {
+                ActGrid::fit(cmin.max(lo), cmax.min(hi), symmetric)
+            }
+        })
+        .collect();
+    Ok((axis, grids))
+}
+
+/// [`emit_act_qdq`] with one grid per channel along `axis` (`QuantizeLinear` and
+/// `DequantizeLinear` with 1-D scale and zero point, opset 13 per-axis form).
+fn emit_act_qdq_channels(
+    g: &mut Graph,
+    x: ValueId,
+    axis: usize,
+    grids: &[ActGrid],
+) -> Result<ValueId, String> {
+    let base = value_name(g, x, "x");
+    let symmetric = grids.first().is_some_and(|g| g.symmetric);
+    let dt = if symmetric { DType::I8 } else { DType::U8 };
+    let c = grids.len();
+    let scale = g.add_const(
+        format!("{base}_scale"),
+        Tensor::from_vec(vec![c], grids.iter().map(|g| g.scale).collect()),
+    );
+    let zeros: Vec<i32> = grids.iter().map(|g| g.zero).collect();
+    let zero = g.add_const(
+        format!("{base}_zero_point"),
+        codes_tensor(dt, vec![c], &zeros)?,
+    );
+    let axis = axis as i64;
+    let qn = g.add_node(
+        format!("{base}_QuantizeLinear"),
+        Op::QuantizeLinear(QuantizeAttrs {
+            axis,
+            ..Default::default()
+        }),
+        vec![Some(x), Some(scale), Some(zero)],
+        vec![format!("{base}_quantized")],
+    );
+    type_node(g, qn);
+    let qv = g.node(qn).outputs()[0];
+    let dn = g.add_node(
+        format!("{base}_DequantizeLinear"),
+        Op::DequantizeLinear(DequantizeAttrs {
+            axis,
+            ..Default::default()
+        }),
+        vec![Some(qv), Some(scale), Some(zero)],
+        vec![format!("{base}_dequantized")],
+    );
+    type_node(g, dn);
+    Ok(g.node(dn).outputs()[0])
+}
+
 impl Pass for Quantize {
     fn name(&self) -> &str {
         NAME
@@ -1299,6 +1413,14 @@ impl Pass for Quantize {
                 (ActMode::Static | ActMode::Auto, _) => Resolved::Static(a),
             },
         };
+        if matches!(cfg.activations, Some(a) if a.per_channel) && mode == Resolved::Dynamic {
+            return Err(PassError::Options {
+                pass: NAME.into(),
+                message: "act-per-channel=true needs static activations: give calibration \
+                          samples with --calib"
+                    .into(),
+            });
+        }
         let stats: Option<Arc<CalibStats>> = match (cfg.method, mode) {
             (Method::Rtn, Resolved::WeightsOnly | Resolved::Dynamic) => cx.cached::<CalibStats>(),
             (m, _) => {
@@ -1620,9 +1742,45 @@ impl Quantize {
                 continue;
             };
             let grid = ActGrid::fit(lo, hi, a.symmetric);
-            let dq = emit_act_qdq(g, x, &grid).map_err(|m| PassError::failed(NAME, m))?;
+            let channels = if a.per_channel {
+                match channel_grids(g, stats, x, nodes, (lo, hi), a.symmetric) {
+                    Ok(c) => Some(c),
+                    Err(why) => {
+                        report.note(format!("activation '{xname}': per tensor, {why}"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let dq = match &channels {
+                Some((axis, grids)) => emit_act_qdq_channels(g, x, *axis, grids),
+                None => emit_act_qdq(g, x, &grid),
+            }
+            .map_err(|m| PassError::failed(NAME, m))?;
             for &n in nodes {
                 g.set_operand(n, 0, Some(dq));
+            }
+            if let Some((axis, grids)) = &channels {
+                let (smin, smax) = grids.iter().fold((f32::INFINITY, 0f32), |(a, b), g| {
+                    (a.min(g.scale), b.max(g.scale))
+                });
+                report.note(format!(
+                    "activation '{xname}' ({} reader{}): {} per channel (axis {axis}, {} \
+                     channels), scales {smin:.4e} … {smax:.4e}; channel min/max clipped to \
+                     the tensor's {} range [{lo:.4}, {hi:.4}]",
+                    nodes.len(),
+                    if nodes.len() == 1 { "" } else { "s" },
+                    if a.symmetric {
+                        "int8 sym"
+                    } else {
+                        "uint8 asym"
+                    },
+                    grids.len(),
+                    rule.name(),
+                ));
+                count += 1;
+                continue;
             }
             let (rlo, rhi) = grid.representable();
             report.note(format!(

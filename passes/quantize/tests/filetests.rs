@@ -9,5 +9,5 @@ fn quantize_filetests() {
     let mut reg = pare_pass::Registry::new();
     pare_canonicalize::register(&mut reg);
     pare_quantize::register(&mut reg);
-    pare_pass::filetest::assert_dir(&reg, &dir, 21);
+    pare_pass::filetest::assert_dir(&reg, &dir, 22);
 }
