@@ -226,49 +226,46 @@ fn static_int8_matmul_and_gemm_match_the_interpreter_exactly() {
     assert!(err < 1e-5, "static Gemm: max error {err:.2e} of scale");
 }
 
+/// A QDQ pair before a convolution becomes f32 arithmetic exact against the interpreter:
+/// per tensor (int8 codes), and with one grid per input channel (uint8, axis 1, as
+/// `quantize(act-per-channel=true)` writes it: broadcast parameters, no int8 kernel).
 #[test]
 fn qdq_pair_before_a_convolution_compiles_bit_exactly() {
-    let text = "graph @conv(%x: f32[1,2,6,6]) -> (%y) {\n  \
-         %s = const f32[] [0.013]\n  %z = const i8[] [-3]\n  \
-         %w = const f32[3,2,3,3] [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7, 0.8, -0.9, \
-         0.2, -0.1, 0.3, 0.1, -0.3, 0.5, 0.2, -0.6, 0.4, 0.3, 0.1, 0.2, -0.2, 0.4, 0.1, 0.5, 0.3, -0.7, \
-         0.3, -0.3, 0.2, 0.6, -0.1, 0.2, 0.5, -0.4, 0.1, 0.2, 0.6, 0.3, -0.1, 0.3, 0.2, 0.1, 0.4, -0.5]\n  \
-         %q = QuantizeLinear(%x, %s, %z)\n  %xd = DequantizeLinear(%q, %s, %z)\n  %y = Conv(%xd, %w)\n}\n";
-    let g = pare_ir::parse_graph(text).unwrap_or_else(|e| panic!("{e}"));
-    let x = Tensor::from_vec(
-        vec![1, 2, 6, 6],
-        ramp(72, 21).iter().map(|v| v * 2.0).collect(),
-    );
-    let want = interp(&g, std::slice::from_ref(&x));
-    let (got, _) = compile_run(&g, std::slice::from_ref(&x), "conv");
-    let (err, _) = agreement(&want[0], &got[0]);
-    assert!(err < 1e-6, "QDQ + Conv: max error {err:.2e} of scale");
-}
-
-/// The same with one grid per input channel (`quantize(act-per-channel=true)`): the per-axis
-/// pair becomes f32 arithmetic with broadcast parameters, exact against the interpreter.
-#[test]
-fn per_channel_qdq_pair_before_a_convolution_compiles_bit_exactly() {
-    let text = "graph @conv(%x: f32[1,2,6,6]) -> (%y) {\n  \
-         %s = const f32[2] [0.013, 0.021]\n  %z = const u8[2] [120, 131]\n  \
-         %w = const f32[3,2,3,3] [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7, 0.8, -0.9, \
-         0.2, -0.1, 0.3, 0.1, -0.3, 0.5, 0.2, -0.6, 0.4, 0.3, 0.1, 0.2, -0.2, 0.4, 0.1, 0.5, 0.3, -0.7, \
-         0.3, -0.3, 0.2, 0.6, -0.1, 0.2, 0.5, -0.4, 0.1, 0.2, 0.6, 0.3, -0.1, 0.3, 0.2, 0.1, 0.4, -0.5]\n  \
-         %q = QuantizeLinear(%x, %s, %z) {axis=1}\n  %xd = DequantizeLinear(%q, %s, %z) {axis=1}\n  \
-         %y = Conv(%xd, %w)\n}\n";
-    let g = pare_ir::parse_graph(text).unwrap_or_else(|e| panic!("{e}"));
-    let x = Tensor::from_vec(
-        vec![1, 2, 6, 6],
-        ramp(72, 23).iter().map(|v| v * 3.0).collect(),
-    );
-    let want = interp(&g, std::slice::from_ref(&x));
-    let (got, kernels) = compile_run(&g, std::slice::from_ref(&x), "conv_per_channel");
-    let (err, _) = agreement(&want[0], &got[0]);
-    assert!(
-        err < 1e-6,
-        "per-channel QDQ + Conv: max error {err:.2e} of scale"
-    );
-    assert_eq!(calls(&kernels, "qconv"), 0, "{kernels:?}");
+    let cases = [
+        (
+            "%s = const f32[] [0.013]\n  %z = const i8[] [-3]",
+            "",
+            "conv",
+        ),
+        (
+            "%s = const f32[2] [0.013, 0.021]\n  %z = const u8[2] [120, 131]",
+            " {axis=1}",
+            "conv_per_channel",
+        ),
+    ];
+    for (params, axis, tag) in cases {
+        let text = format!(
+            "graph @conv(%x: f32[1,2,6,6]) -> (%y) {{\n  {params}\n  \
+             %w = const f32[3,2,3,3] [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8, 0.9, 0.1, 0.2, 0.3, -0.4, 0.5, 0.6, 0.7, 0.8, -0.9, \
+             0.2, -0.1, 0.3, 0.1, -0.3, 0.5, 0.2, -0.6, 0.4, 0.3, 0.1, 0.2, -0.2, 0.4, 0.1, 0.5, 0.3, -0.7, \
+             0.3, -0.3, 0.2, 0.6, -0.1, 0.2, 0.5, -0.4, 0.1, 0.2, 0.6, 0.3, -0.1, 0.3, 0.2, 0.1, 0.4, -0.5]\n  \
+             %q = QuantizeLinear(%x, %s, %z){axis}\n  %xd = DequantizeLinear(%q, %s, %z){axis}\n  \
+             %y = Conv(%xd, %w)\n}}\n"
+        );
+        let g = pare_ir::parse_graph(&text).unwrap_or_else(|e| panic!("{tag}: {e}"));
+        let x = Tensor::from_vec(
+            vec![1, 2, 6, 6],
+            ramp(72, 21).iter().map(|v| v * 2.0).collect(),
+        );
+        let want = interp(&g, std::slice::from_ref(&x));
+        let (got, kernels) = compile_run(&g, std::slice::from_ref(&x), tag);
+        let (err, _) = agreement(&want[0], &got[0]);
+        assert!(
+            err < 1e-6,
+            "{tag}: QDQ + Conv: max error {err:.2e} of scale"
+        );
+        assert_eq!(calls(&kernels, "qconv"), 0, "{tag}: {kernels:?}");
+    }
 }
 
 /// `n` int8 codes in `[-max, max]`, as graph text.

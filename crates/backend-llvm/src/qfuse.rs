@@ -1026,6 +1026,21 @@ fn fake_quant(g: &mut Graph, dqn: NodeId) -> bool {
     let base = g.value(out).name.clone();
     let sc = g.add_const(format!("{base}.fq_scale"), Tensor::scalar(s));
     let zc = g.add_const(format!("{base}.fq_zero"), Tensor::scalar(z));
+    emit_fake_quant(g, out, x, [sc, zc], (lo, hi));
+    true
+}
+
+/// Replaces `out` (the dequantized value of a QDQ pair on `x`) by the pair's arithmetic in
+/// f32: `(clip(round(x / s) + z, lo, hi) − z) · s`, `s` and `z` constants that broadcast
+/// against `x` (scalars, or `[C, 1, …]` along a per-axis pair's axis).
+fn emit_fake_quant(
+    g: &mut Graph,
+    out: ValueId,
+    x: ValueId,
+    [sc, zc]: [ValueId; 2],
+    (lo, hi): (f32, f32),
+) {
+    let base = g.value(out).name.clone();
     let loc = g.add_const(format!("{base}.fq_lo"), Tensor::scalar(lo));
     let hic = g.add_const(format!("{base}.fq_hi"), Tensor::scalar(hi));
     let t = g.add_simple(format!("{base}.fq_div"), Op::Div, &[x, sc]);
@@ -1035,7 +1050,6 @@ fn fake_quant(g: &mut Graph, dqn: NodeId) -> bool {
     let v = g.add_simple(format!("{base}.fq_center"), Op::Sub, &[c, zc]);
     let y = g.add_simple(format!("{base}.fq"), Op::Mul, &[v, sc]);
     replace_output(g, out, y);
-    true
 }
 
 /// [`fake_quant`] for a per-axis pair (`QuantizeLinear`/`DequantizeLinear` with the same
@@ -1096,15 +1110,7 @@ fn fake_quant_per_axis(g: &mut Graph, dqn: NodeId) -> bool {
         Tensor::from_vec(shape.clone(), s1),
     );
     let zc = g.add_const(format!("{base}.fq_zero"), Tensor::from_vec(shape, z1));
-    let loc = g.add_const(format!("{base}.fq_lo"), Tensor::scalar(lo));
-    let hic = g.add_const(format!("{base}.fq_hi"), Tensor::scalar(hi));
-    let t = g.add_simple(format!("{base}.fq_div"), Op::Div, &[x, sc]);
-    let r = g.add_simple(format!("{base}.fq_round"), Op::Round, &[t]);
-    let u = g.add_simple(format!("{base}.fq_shift"), Op::Add, &[r, zc]);
-    let c = g.add_simple(format!("{base}.fq_clip"), Op::Clip, &[u, loc, hic]);
-    let v = g.add_simple(format!("{base}.fq_center"), Op::Sub, &[c, zc]);
-    let y = g.add_simple(format!("{base}.fq"), Op::Mul, &[v, sc]);
-    replace_output(g, out, y);
+    emit_fake_quant(g, out, x, [sc, zc], (lo, hi));
     true
 }
 

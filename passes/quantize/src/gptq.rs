@@ -217,6 +217,13 @@ mod tests {
         }
     }
 
+    /// The `k × k` identity, row-major.
+    fn identity(k: usize) -> Vec<f64> {
+        (0..k * k)
+            .map(|i| if i % (k + 1) == 0 { 1.0 } else { 0.0 })
+            .collect()
+    }
+
     fn random(n: usize, seed: u64) -> Vec<f64> {
         let mut r = Rng(seed);
         (0..n).map(|_| r.next()).collect()
@@ -366,10 +373,7 @@ mod tests {
     fn identity_hessian_equals_rtn() {
         let (n, k) = (6, 48);
         let w = random(n * k, 7);
-        let mut h = vec![0f64; k * k];
-        for j in 0..k {
-            h[j * k + j] = 1.0;
-        }
+        let h = identity(k);
         for s in SCHEMES {
             let g = gptq(&w, n, k, &h, &s, 0.01).unwrap();
             assert_eq!(g, rtn(&w, n, k, &s), "{s:?}");
@@ -382,10 +386,7 @@ mod tests {
     fn identity_hessian_with_outliers_equals_rtn_with_them() {
         let (n, k) = (6, 48);
         let w = random(n * k, 9);
-        let mut h = vec![0f64; k * k];
-        for j in 0..k {
-            h[j * k + j] = 1.0;
-        }
+        let h = identity(k);
         let keep: Vec<bool> = (0..n * k).map(|i| i % 37 == 5).collect();
         for s in SCHEMES {
             let g = gptq_keeping(&w, n, k, &h, &s, 0.01, Some(&keep)).unwrap();

@@ -1004,15 +1004,7 @@ fn emit_outliers(
         format!("{base}_outlier_values"),
         Tensor::from_vec(vec![count], pairs.iter().map(|&(_, v)| v).collect()),
     );
-    let idx64 = g.add_simple(
-        format!("{base}_outlier_indices_i64"),
-        Op::Cast(CastAttrs {
-            to: DType::I64,
-            ..Default::default()
-        }),
-        &[idx],
-    );
-    type_node_of(g, idx64);
+    let idx64 = emit_cast(g, format!("{base}_outlier_indices_i64"), idx, DType::I64);
     let flat_shape = g.add_const(
         format!("{base}_flat_shape"),
         Tensor::from_vec(vec![1], vec![-1i64]),
@@ -1223,15 +1215,7 @@ impl Quantize {
         );
         type_node(g, mm);
         let acc = g.node(mm).outputs()[0];
-        let cast = g.add_simple(
-            format!("{yname}_int32_f32"),
-            Op::Cast(CastAttrs {
-                to: DType::F32,
-                ..Default::default()
-            }),
-            &[acc],
-        );
-        type_node_of(g, cast);
+        let cast = emit_cast(g, format!("{yname}_int32_f32"), acc, DType::F32);
         let scale = g.add_simple(
             format!("{yname}_output_scale"),
             Op::Mul,
@@ -1271,6 +1255,20 @@ fn type_node_of(g: &mut Graph, v: ValueId) {
     if let Some(n) = g.producer(v) {
         type_node(g, n);
     }
+}
+
+/// A typed `Cast` of `v` to `to`, named `name`.
+fn emit_cast(g: &mut Graph, name: String, v: ValueId, to: DType) -> ValueId {
+    let c = g.add_simple(
+        name,
+        Op::Cast(CastAttrs {
+            to,
+            ..Default::default()
+        }),
+        &[v],
+    );
+    type_node_of(g, c);
+    c
 }
 
 /// Inserts the static `QuantizeLinear → DequantizeLinear` of activation `x` with `grid` and
