@@ -1278,9 +1278,24 @@ fn emit_act_qdq(g: &mut Graph, x: ValueId, grid: &ActGrid) -> Result<ValueId, St
     let dt = if grid.symmetric { DType::I8 } else { DType::U8 };
     let scale = g.add_const(format!("{base}_scale"), Tensor::scalar(grid.scale));
     let zero = g.add_const(format!("{base}_zero_point"), scalar_code(dt, grid.zero)?);
+    Ok(emit_qdq_pair(g, x, &base, [scale, zero], 1))
+}
+
+/// `DequantizeLinear(QuantizeLinear(x, scale, zero), scale, zero)` along `axis` (which only
+/// matters for 1-D parameters), named after `base`; returns the dequantized value.
+fn emit_qdq_pair(
+    g: &mut Graph,
+    x: ValueId,
+    base: &str,
+    [scale, zero]: [ValueId; 2],
+    axis: i64,
+) -> ValueId {
     let qn = g.add_node(
         format!("{base}_QuantizeLinear"),
-        Op::QuantizeLinear(Default::default()),
+        Op::QuantizeLinear(QuantizeAttrs {
+            axis,
+            ..Default::default()
+        }),
         vec![Some(x), Some(scale), Some(zero)],
         vec![format!("{base}_quantized")],
     );
@@ -1288,12 +1303,15 @@ fn emit_act_qdq(g: &mut Graph, x: ValueId, grid: &ActGrid) -> Result<ValueId, St
     let qv = g.node(qn).outputs()[0];
     let dn = g.add_node(
         format!("{base}_DequantizeLinear"),
-        Op::DequantizeLinear(Default::default()),
+        Op::DequantizeLinear(DequantizeAttrs {
+            axis,
+            ..Default::default()
+        }),
         vec![Some(qv), Some(scale), Some(zero)],
         vec![format!("{base}_dequantized")],
     );
     type_node(g, dn);
-    Ok(g.node(dn).outputs()[0])
+    g.node(dn).outputs()[0]
 }
 
 /// Per-channel grids of activation `x` read by `nodes` (convolutions only): the channel axis
@@ -1372,29 +1390,7 @@ fn emit_act_qdq_channels(
         format!("{base}_zero_point"),
         codes_tensor(dt, vec![c], &zeros)?,
     );
-    let axis = axis as i64;
-    let qn = g.add_node(
-        format!("{base}_QuantizeLinear"),
-        Op::QuantizeLinear(QuantizeAttrs {
-            axis,
-            ..Default::default()
-        }),
-        vec![Some(x), Some(scale), Some(zero)],
-        vec![format!("{base}_quantized")],
-    );
-    type_node(g, qn);
-    let qv = g.node(qn).outputs()[0];
-    let dn = g.add_node(
-        format!("{base}_DequantizeLinear"),
-        Op::DequantizeLinear(DequantizeAttrs {
-            axis,
-            ..Default::default()
-        }),
-        vec![Some(qv), Some(scale), Some(zero)],
-        vec![format!("{base}_dequantized")],
-    );
-    type_node(g, dn);
-    Ok(g.node(dn).outputs()[0])
+    Ok(emit_qdq_pair(g, x, &base, [scale, zero], axis as i64))
 }
 
 impl Pass for Quantize {
