@@ -56,7 +56,8 @@ fn calibration(g: &Graph, n: usize) -> SampleSet {
 }
 
 /// 16 more generated samples like the calibration ones (another seed): held out, but from
-/// the calibration distribution (random word ids), unlike the fixtures (real sentences).
+/// the calibration distribution (uniform random word ids, no padding), unlike the fixtures
+/// (word ids from scripts/make_fixtures.py, one sequence padded: not real sentences either).
 fn generated_held_out(g: &Graph) -> Vec<Vec<Tensor>> {
     pare_pass::samples::token_samples(g, 16, 2, 16, 0x51ed_270b_1c2d_3e4f)
         .samples
