@@ -775,16 +775,12 @@ pub(crate) mod simd {
         }
         let max_off = offs.iter().copied().max().unwrap_or(0);
         let yp = y.as_mut_ptr();
-        let (rp, m) = dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len());
-        let p = pad.as_ptr();
-        // SAFETY: AVX2 by contract; MASKS[m..m + 8] is in bounds (m = 16 - ow % 8).
-        let tail = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(m) as *const __m256i) };
-        let mut acted = 0;
-        let post = if fused_act(activation) {
-            Activation::Identity
-        } else {
-            activation
+        // SAFETY: AVX2 by contract.
+        let (rp, tail, post) = unsafe {
+            dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len(), activation)
         };
+        let p = pad.as_ptr();
+        let mut acted = 0;
         for oy0 in (0..oh).step_by(R) {
             let rows = R.min(oh - oy0);
             for x0 in (0..ow).step_by(8 * C) {
@@ -933,9 +929,14 @@ pub(crate) mod simd {
 
     /// Checks the bounds of a blocked depthwise plane (see [`dw_plane`]) with taps at offsets up
     /// to `max_off`, writing `y_len` floats at `yp`, and returns the residual pointer (null for
-    /// none; `yp` itself in place) and the offset of the tail mask in `MASKS`.
+    /// none; `yp` itself in place), the mask of the last `ow % 8` columns, and the activation
+    /// left to apply after the stores (Identity when [`store_block`] fuses `activation`).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
     #[allow(clippy::too_many_arguments)]
-    fn dw_check<const R: usize, const C: usize>(
+    #[inline(always)]
+    unsafe fn dw_check<const R: usize, const C: usize>(
         pad: &[f32],
         row_step: usize,
         oh: usize,
@@ -944,7 +945,8 @@ pub(crate) mod simd {
         res: SegRes<'_>,
         yp: *mut f32,
         y_len: usize,
-    ) -> (*const f32, usize) {
+        activation: Activation,
+    ) -> (*const f32, __m256i, Activation) {
         let need = (oh.div_ceil(R) * R - 1) * row_step + max_off + ow.div_ceil(8 * C) * 8 * C;
         assert!(need <= pad.len() && oh * ow <= y_len);
         let rp = match res {
@@ -955,7 +957,14 @@ pub(crate) mod simd {
             SegRes::InPlace => yp as *const f32,
             SegRes::None => std::ptr::null(),
         };
-        (rp, 16 - ow % 8)
+        // SAFETY: AVX2 by contract; MASKS[m..m + 8] is in bounds (m = 16 - ow % 8 <= 16).
+        let tail = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(16 - ow % 8) as *const __m256i) };
+        let post = if fused_act(activation) {
+            Activation::Identity
+        } else {
+            activation
+        };
+        (rp, tail, post)
     }
 
     /// Runs `$body` with `$i` = 0, 1, .., `$n - 1` (`$n <= 20`, a constant), fully unrolled.
@@ -1012,16 +1021,12 @@ pub(crate) mod simd {
         let max_off = (KH - 1) * row_stride + co.iter().copied().max().unwrap_or(0);
         let row_step = SH * row_stride;
         let yp = y.as_mut_ptr();
-        let (rp, m) = dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len());
-        let p = pad.as_ptr();
-        // SAFETY: AVX2 by contract; MASKS[m..m + 8] is in bounds (m = 16 - ow % 8).
-        let tail = unsafe { _mm256_loadu_si256(MASKS.as_ptr().add(m) as *const __m256i) };
-        let mut acted = 0;
-        let post = if fused_act(activation) {
-            Activation::Identity
-        } else {
-            activation
+        // SAFETY: AVX2 by contract.
+        let (rp, tail, post) = unsafe {
+            dw_check::<R, C>(pad, row_step, oh, ow, max_off, res, yp, y.len(), activation)
         };
+        let p = pad.as_ptr();
+        let mut acted = 0;
         for oy0 in (0..oh).step_by(R) {
             let rows = R.min(oh - oy0);
             for x0 in (0..ow).step_by(8 * C) {
